@@ -1,0 +1,324 @@
+"""Three interchangeable ways to train a compiled Keras classifier.
+
+Every training function has the same signature, so cross-validation, notebooks and tests can swap
+them::
+
+    history = train(model, (x_train, y_train), (x_val, y_val),
+                    epochs=..., batch_size=..., seed=..., verbose=0)
+
+and returns a History-like dict of per-epoch lists under fit's keys -- ``loss``, ``accuracy``,
+``val_loss``, ``val_accuracy`` -- plus ``seconds`` (wall time of each epoch, validation included).
+The model must be compiled: the optimizer and loss given to `compile` are the ones used.
+
+- `train_fit`: ``model.fit``.
+- `train_naive`: the article's GradientTape loop (no shuffling, ``training`` left unset so Dropout
+  is off, the per-sample loss vector differentiated -- i.e. summed -- and the last partial batch
+  dropped).
+- `train_matched`: a GradientTape loop that does what fit does, written out; given the same batch
+  order it reproduces fit's History and weights exactly (see notebook 03 and tests).
+
+Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend:
+- ``training=True``, loss, gradient, update, metrics: keras/src/backend/tensorflow/trainer.py:53-88
+  (``train_step``); inference-mode validation: same file, ``test_step`` at :90.
+- the loss is the compiled loss (reduction ``sum_over_batch_size``) plus the sum of each of
+  ``model.losses``, added with ``ops.sum``: keras/src/trainers/trainer.py:385-401.
+- shuffling: one ``tf.random.shuffle`` of all indices per iterator,
+  keras/src/trainers/data_adapters/array_data_adapter.py:128-134; the last partial batch is kept.
+- iterators: a new one at each epoch's start, and one more made and thrown away at each epoch's
+  end, keras/src/trainers/epoch_iterator.py:105-126.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
+    """A fresh, reproducible permutation of the samples for every epoch: shape (epochs, N)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(num_samples) for _ in range(epochs)])
+
+
+def _check_orders(batch_orders, num_samples: int, epochs: int) -> np.ndarray:
+    batch_orders = np.asarray(batch_orders)
+    if batch_orders.shape != (epochs, num_samples):
+        raise ValueError(
+            f"batch_orders has shape {batch_orders.shape}; expected (epochs, samples) = "
+            f"({epochs}, {num_samples})"
+        )
+    return batch_orders
+
+
+def _accuracy_metric(y, model: keras.Model, name: str = "accuracy") -> keras.metrics.Metric:
+    """The metric compile(metrics=["accuracy"]) picks for these labels and outputs."""
+    if model.output_shape[-1] == 1:
+        return keras.metrics.BinaryAccuracy(name=name)
+    if np.ndim(y) >= 2 and np.shape(y)[-1] > 1:
+        return keras.metrics.CategoricalAccuracy(name=name)
+    return keras.metrics.SparseCategoricalAccuracy(name=name)
+
+
+class _ReducedLoss(keras.losses.Loss):
+    """A per-sample loss function with Keras' default batch reduction (``sum_over_batch_size``),
+    as compile() wraps a loss given by name or function."""
+
+    def __init__(self, per_sample_fn):
+        super().__init__(name=getattr(per_sample_fn, "__name__", "loss"))
+        self.per_sample_fn = per_sample_fn
+
+    def call(self, y_true, y_pred):
+        return self.per_sample_fn(y_true, y_pred)
+
+
+def _batch_loss(model: keras.Model) -> keras.losses.Loss:
+    loss = model.loss
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    return _ReducedLoss(keras.losses.get(loss))
+
+
+def _require_compiled(model: keras.Model) -> None:
+    if getattr(model, "optimizer", None) is None or model.loss is None:
+        raise ValueError(
+            f"model {model.name!r} is not compiled: call model.compile(optimizer=..., loss=..., "
+            "metrics=['accuracy']) first; the training functions use its optimizer and loss"
+        )
+
+
+def _progbar(steps: int, verbose: int) -> keras.utils.Progbar:
+    return keras.utils.Progbar(
+        steps, verbose=verbose, stateful_metrics=list(HISTORY_KEYS)
+    )
+
+
+def _empty_history() -> dict[str, list[float]]:
+    return {key: [] for key in (*HISTORY_KEYS, "seconds")}
+
+
+class _Evaluator:
+    """Validation as fit runs it: ``training=False``, batches of `batch_size` with the partial
+    batch kept, loss = compiled loss + model.losses, sample-weighted running means."""
+
+    def __init__(self, model, loss_fn, x_val, y_val, batch_size, compiled):
+        self.model, self.loss_fn, self.batch_size = model, loss_fn, batch_size
+        self.x_val = tf.convert_to_tensor(x_val)
+        self.y_val = tf.convert_to_tensor(y_val)
+        self.loss_tracker = keras.metrics.Mean(name="val_loss")
+        self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
+        self.step = tf.function(self._step, reduce_retracing=True) if compiled else self._step
+
+    def _step(self, x, y):
+        y_pred = self.model(x, training=False)
+        loss = total_loss(self.model, self.loss_fn, y, y_pred)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        self.accuracy.update_state(y, y_pred)
+
+    def __call__(self) -> tuple[float, float]:
+        self.loss_tracker.reset_state()
+        self.accuracy.reset_state()
+        for start in range(0, int(self.x_val.shape[0]), self.batch_size):
+            stop = start + self.batch_size
+            self.step(self.x_val[start:stop], self.y_val[start:stop])
+        return float(self.loss_tracker.result()), float(self.accuracy.result())
+
+
+def total_loss(model: keras.Model, loss_fn, y, y_pred):
+    """fit's loss: batch-mean loss plus each of model.losses, summed in fit's order
+    (keras/src/trainers/trainer.py:385-401)."""
+    losses = [loss_fn(y, y_pred)] + [ops.sum(extra) for extra in model.losses]
+    return losses[0] if len(losses) == 1 else ops.sum(losses)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+
+def ordered_dataset(x, y, batch_size: int, batch_orders) -> tf.data.Dataset:
+    """All epochs' batches in the given order, one epoch after another, each epoch ending with its
+    partial batch. Fed to fit with ``steps_per_epoch``, fit keeps one iterator across epochs
+    (epoch_iterator.py:110), so epoch e sees exactly ``batch_orders[e]``."""
+    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    per_epoch = [
+        tf.data.Dataset.from_tensor_slices(order).batch(batch_size) for order in batch_orders
+    ]
+    indices = per_epoch[0]
+    for epoch_indices in per_epoch[1:]:
+        indices = indices.concatenate(epoch_indices)
+    return indices.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+
+
+def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
+              batch_orders=None):
+    """``model.fit`` as the article calls it (NumPy arrays, ``shuffle=True``).
+
+    With `batch_orders` (shape (epochs, N), e.g. from `epoch_orders`), fit instead trains on
+    exactly those orders; that is how notebook 03 and the tests give fit and a tape loop the same
+    batches. `seed` is not used here: fit's shuffling follows the global seed, which `create_cnn`
+    sets.
+    """
+    _require_compiled(model)
+    x, y = train_data
+    timer = _EpochTimer()
+    if batch_orders is None:
+        inputs = dict(x=x, y=y, batch_size=batch_size, shuffle=True)
+    else:
+        batch_orders = _check_orders(batch_orders, len(x), epochs)
+        inputs = dict(
+            x=ordered_dataset(x, y, batch_size, batch_orders),
+            steps_per_epoch=math.ceil(len(x) / batch_size),
+            shuffle=False,  # the order is in the dataset
+        )
+    history = model.fit(
+        **inputs, epochs=epochs, validation_data=val_data, validation_batch_size=batch_size,
+        verbose=verbose, callbacks=[timer],
+    )
+    return {**{key: [float(v) for v in history.history[key]] for key in HISTORY_KEYS},
+            "seconds": timer.seconds}
+
+
+def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
+                compiled=True):
+    """The article's loop, ported to Keras 3 (the calls are the same; only imports changed).
+
+    Its semantics are kept: batches taken in file order with no shuffling, ``model(x)`` with
+    ``training`` unset (Dropout off), ``tape.gradient`` of the per-sample loss vector (which
+    differentiates the *sum* over the batch), and ``len(x) // batch_size`` steps (the partial batch
+    is dropped). `compiled=False` runs it eagerly as published; `compiled=True` wraps the same step
+    in ``tf.function`` (float-close, several times faster). `seed` is unused: nothing is shuffled.
+    Reported training loss/accuracy are running per-sample means over the epoch, like fit's, so the
+    curves compare like with like; validation is the same inference pass as for the other loops.
+    """
+    _require_compiled(model)
+    x, y = train_data
+    optimizer = model.optimizer
+    per_sample_loss = keras.losses.get(model.loss)
+    if isinstance(per_sample_loss, keras.losses.Loss):
+        per_sample_loss = per_sample_loss.call  # the unreduced per-sample values
+    loss_tracker = keras.metrics.Mean(name="loss")
+    accuracy = _accuracy_metric(y, model)
+    evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
+
+    def train_step(x_batch, y_batch):
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch)
+            loss = per_sample_loss(y_batch, y_pred)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        loss_tracker.update_state(loss)
+        accuracy.update_state(y_batch, y_pred)
+
+    if compiled:
+        train_step = tf.function(train_step)
+    steps = len(x) // batch_size
+    history = _empty_history()
+    for epoch in range(epochs):
+        start_time = time.perf_counter()
+        loss_tracker.reset_state()
+        accuracy.reset_state()
+        if verbose:
+            print(f"Epoch {epoch + 1}/{epochs}")
+        progbar = _progbar(steps, verbose)
+        for i in range(steps):
+            train_step(x[i * batch_size:(i + 1) * batch_size],
+                       y[i * batch_size:(i + 1) * batch_size])
+            if verbose == 1:
+                progbar.update(i + 1, _logs(loss_tracker, accuracy))
+        _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps,
+                      verbose)
+    return history
+
+
+def _logs(loss_tracker, accuracy) -> list[tuple[str, float]]:
+    return [("loss", float(loss_tracker.result())), ("accuracy", float(accuracy.result()))]
+
+
+def _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps, verbose):
+    val_loss, val_accuracy = evaluate()
+    history["loss"].append(float(loss_tracker.result()))
+    history["accuracy"].append(float(accuracy.result()))
+    history["val_loss"].append(val_loss)
+    history["val_accuracy"].append(val_accuracy)
+    history["seconds"].append(time.perf_counter() - start_time)
+    if verbose:
+        progbar.update(
+            steps,
+            _logs(loss_tracker, accuracy) + [("val_loss", val_loss), ("val_accuracy", val_accuracy)],
+            finalize=True,
+        )
+
+
+def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
+                  batch_orders=None, compiled=True):
+    """A GradientTape loop that does what fit does (see the module docstring for where):
+
+    - a new permutation of all samples every epoch (from `seed`, or exactly `batch_orders`);
+    - ``model(x, training=True)`` so Dropout and BatchNormalization train;
+    - loss = batch-mean loss + sum of model.losses, and its gradient (not the per-sample sum);
+    - every sample every epoch: ``ceil(N / batch_size)`` steps, partial batch kept;
+    - History-style metrics: running per-sample means, computed before each update, reset each
+      epoch; validation in inference mode;
+    - one ``tf.function`` step, traced once: the batch is gathered inside it from index tensors of
+      unknown length, so the last partial batch does not retrace.
+    """
+    _require_compiled(model)
+    x, y = train_data
+    num_samples = len(x)
+    batch_orders = (epoch_orders(num_samples, epochs, seed) if batch_orders is None
+                    else _check_orders(batch_orders, num_samples, epochs))
+    x_all, y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    optimizer = model.optimizer
+    loss_fn = _batch_loss(model)
+    loss_tracker = keras.metrics.Mean(name="loss")
+    accuracy = _accuracy_metric(y, model)
+    evaluate = _Evaluator(model, loss_fn, *val_data, batch_size, compiled)
+
+    def train_step(indices):
+        x_batch, y_batch = tf.gather(x_all, indices), tf.gather(y_all, indices)
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch, training=True)
+            loss = total_loss(model, loss_fn, y_batch, y_pred)
+        loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
+        accuracy.update_state(y_batch, y_pred)
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+
+    if compiled:
+        train_step = tf.function(
+            train_step, input_signature=[tf.TensorSpec([None], tf.int64)]
+        )
+    steps = math.ceil(num_samples / batch_size)
+    history = _empty_history()
+    for epoch, order in enumerate(batch_orders):
+        start_time = time.perf_counter()
+        loss_tracker.reset_state()
+        accuracy.reset_state()
+        if verbose:
+            print(f"Epoch {epoch + 1}/{epochs}")
+        progbar = _progbar(steps, verbose)
+        order = tf.constant(order, dtype=tf.int64)
+        for step in range(steps):
+            train_step(order[step * batch_size:(step + 1) * batch_size])
+            if verbose == 1:
+                progbar.update(step + 1, _logs(loss_tracker, accuracy))
+        _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps,
+                      verbose)
+    train_matched.last_step = train_step  # lets tests and notebook 05 inspect tracing
+    return history
+
+
+METHODS = {"fit": train_fit, "naive": train_naive, "matched": train_matched}
