@@ -198,3 +198,16 @@ def cross_validate_mnist(
         model_fn=create_cnn, results_dir=results_dir, verbose=verbose,
         settings={"dataset": "mnist", "split": "train", "subset": subset},
     )
+
+
+def cv_results_dir(params: Mapping) -> Path:
+    """The results folder a notebook's validated parameters point at: ``params["results_dir"]``
+    if set, else a folder under ``output_dir/cv`` named after the settings. Notebooks with the same
+    settings share it, so later notebooks read the folds earlier ones trained."""
+    if params.get("results_dir"):
+        return Path(params["results_dir"])
+    return results_dir_for(
+        Path(params["output_dir"]) / "cv", subset=params["subset"] or "all",
+        folds=params["folds"], epochs=params["epochs"], batch=params["batch_size"],
+        seed=params["seed"],
+    )
