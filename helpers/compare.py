@@ -87,7 +87,7 @@ def paired_comparison(table: pd.DataFrame, method_a: str, method_b: str, column:
         "cohens_dz": mean / sd if sd > 0 else float("nan"),
         "p_value": sign_flip_p_value(differences) if k > 0 else float("nan"),
         "smallest_possible_p": 2 / 2**k if k > 0 else float("nan"),
-        "a_better_in": int(np.sum(differences < 0) if "loss" in column else np.sum(differences > 0)),
+        "a_better_in": int(np.sum(differences < 0 if "loss" in column else differences > 0)),
     }
 
 

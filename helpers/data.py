@@ -97,9 +97,9 @@ def _download_to_keras_cache() -> Path:
             )
         except Exception as error:
             raise MnistDataError(
-                f"MNIST is not in {VENDORED_PATH} nor {keras_cache_path()}, and downloading it from "
-                f"{KERAS_ORIGIN} failed ({error}). Put mnist.npz at one of those places or set "
-                f"{ENV_VAR}."
+                f"MNIST is not in {VENDORED_PATH} nor {keras_cache_path()}, and downloading it "
+                f"from {KERAS_ORIGIN} failed ({error}). Put mnist.npz at one of those places or "
+                f"set {ENV_VAR}."
             ) from error
         _read_verified(Path(downloaded))
         shutil.move(downloaded, target)
@@ -126,9 +126,9 @@ def _read_verified(path: Path) -> dict[str, np.ndarray]:
         digest = hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest()
         if digest != expected:
             raise MnistDataError(
-                f"{path}: array {key} (shape {arrays[key].shape}, dtype {arrays[key].dtype}) does "
-                f"not match the real MNIST (SHA-256 {digest[:12]}..., expected {expected[:12]}...). "
-                f"{_FIX}"
+                f"{path}: array {key} (shape {arrays[key].shape}, dtype {arrays[key].dtype}) "
+                f"does not match the real MNIST (SHA-256 {digest[:12]}..., expected "
+                f"{expected[:12]}...). {_FIX}"
             )
     return arrays
 

@@ -33,7 +33,8 @@ def plot_cv_curves(table: pd.DataFrame, title: str | None = None,
             band = fold_band(table, column)
             for method, curve in band.groupby("method", sort=False):
                 color = METHOD_COLORS.get(method)
-                label = f"{METHOD_LABELS.get(method, method)} ({'val' if style == '--' else 'train'})"
+                split = "val" if style == "--" else "train"
+                label = f"{METHOD_LABELS.get(method, method)} ({split})"
                 ax.plot(curve["epoch"], curve["mean"], style, color=color, label=label)
                 ax.fill_between(curve["epoch"], curve["mean"] - curve["std"],
                                 curve["mean"] + curve["std"], color=color, alpha=0.15)

@@ -255,11 +255,9 @@ def _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar
     history["val_accuracy"].append(val_accuracy)
     history["seconds"].append(time.perf_counter() - start_time)
     if verbose:
-        progbar.update(
-            steps,
-            _logs(loss_tracker, accuracy) + [("val_loss", val_loss), ("val_accuracy", val_accuracy)],
-            finalize=True,
-        )
+        logs = [*_logs(loss_tracker, accuracy), ("val_loss", val_loss),
+                ("val_accuracy", val_accuracy)]
+        progbar.update(steps, logs, finalize=True)
 
 
 def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
