@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create .venv (if absent) and install the pinned requirements into it.
+#
+# Idempotent and quick: pip runs only when requirements.txt or pyproject.toml is newer than the
+# stamp left by the last successful install (or with --force).
+#
+# Usage: bash scripts/setup.sh [--force]
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=.venv
+stamp="$venv/.requirements-installed"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    python=""
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1; then
+            python=$candidate
+            break
+        fi
+    done
+    if [[ -z "$python" ]]; then
+        echo "setup: no python3.11 or python3 found on PATH; install Python 3.10 or newer." >&2
+        exit 1
+    fi
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "setup: $python is $("$python" --version 2>&1); Python 3.10 or newer is needed." >&2
+        exit 1
+    fi
+    echo "setup: creating $venv with $python ($("$python" --version 2>&1))"
+    if ! "$python" -m venv "$venv"; then
+        rm -rf "$venv"
+        echo "setup: '$python -m venv' failed. On Debian/Ubuntu install the venv module first:" >&2
+        echo "       sudo apt-get install python3-venv" >&2
+        exit 1
+    fi
+fi
+
+if [[ "${1:-}" != "--force" && -f "$stamp" && "$stamp" -nt requirements.txt \
+      && "$stamp" -nt pyproject.toml ]]; then
+    echo "setup: $venv is up to date with requirements.txt"
+    exit 0
+fi
+
+echo "setup: installing requirements.txt into $venv (a few minutes the first time)"
+"$venv/bin/python" -m pip install --quiet -r requirements.txt
+touch "$stamp"
+echo "setup: done"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Lint, then run the tests and every notebook (nbval, smoke-test settings).
+#
+# Usage: bash scripts/test.sh [extra pytest arguments]
+# TAPE_VS_FIT_SMOKE=1 shrinks folds, epochs and data so that each notebook runs in seconds
+# (see helpers/params.py). pytest finding no tests (exit code 5) counts as a failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export VIRTUAL_ENV="$PWD/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+
+# Only the folders that exist: ruff and pytest both fail on a missing path.
+lint_paths=()
+for path in helpers tests benchmarks notebooks; do
+    if [[ -e "$path" ]]; then lint_paths+=("$path"); fi
+done
+test_paths=()
+for path in tests notebooks; do
+    if [[ -e "$path" ]]; then test_paths+=("$path"); fi
+done
+
+echo "==> ruff check ${lint_paths[*]}"
+ruff check "${lint_paths[@]}"
+
+echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
+status=0
+TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env "${test_paths[@]}" "$@" \
+    || status=$?
+if (( status == 5 )); then
+    echo "test: pytest collected no tests; that counts as a failure." >&2
+    exit 1
+fi
+exit "$status"
