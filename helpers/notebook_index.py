@@ -1,0 +1,253 @@
+"""Keep the README's notebook table and every notebook's Colab/Binder badges in step.
+
+    python -m helpers.notebook_index          # rewrite README.md's index and the notebooks' badges
+    python -m helpers.notebook_index --check  # exit 1, listing what is out of date, writing nothing
+
+For each ``notebooks/0*.ipynb`` (in name order) the title is the ``# `` heading of the notebook's
+first markdown cell and the description is the first sentence of the paragraph after it. The
+README's table goes between ``<!-- notebook-index:start -->`` and ``<!-- notebook-index:end -->``;
+each notebook gets one badge line (starting with ``[![Open In Colab]``) right under its title.
+Run it after adding, renaming or retitling a notebook; tests/test_readme.py runs ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import nbformat
+
+# The GitHub repository (owner/name) that the badges open. A fork changes this one line.
+REPOSITORY = "tape-vs-fit/tape-vs-fit"
+BRANCH = "main"
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_GLOB = "0*.ipynb"
+START = "<!-- notebook-index:start -->"
+END = "<!-- notebook-index:end -->"
+BADGE_PREFIX = "[![Open In Colab]"
+COLAB_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BINDER_IMAGE = "https://mybinder.org/badge_logo.svg"
+MAX_DESCRIPTION = 160  # characters; longer first sentences are cut at a word boundary
+
+
+class NotebookIndexError(RuntimeError):
+    """A notebook or the README lacks what the index needs (a title, the markers)."""
+
+
+def colab_url(name: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    return f"https://colab.research.google.com/github/{repository}/blob/{branch}/notebooks/{name}"
+
+
+def binder_url(name: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    labpath = quote(f"notebooks/{name}", safe="")
+    return f"https://mybinder.org/v2/gh/{repository}/{branch}?labpath={labpath}"
+
+
+def colab_badge(name: str) -> str:
+    return f"[![Open In Colab]({COLAB_IMAGE})]({colab_url(name)})"
+
+
+def binder_badge(name: str) -> str:
+    return f"[![Binder]({BINDER_IMAGE})]({binder_url(name)})"
+
+
+def badge_line(name: str) -> str:
+    return f"{colab_badge(name)} {binder_badge(name)}"
+
+
+@dataclass
+class NotebookInfo:
+    path: Path
+    number: str
+    title: str
+    description: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def notebook_paths(root: Path = ROOT) -> list[Path]:
+    return sorted((Path(root) / "notebooks").glob(NOTEBOOK_GLOB))
+
+
+def _first_markdown_cell(notebook, path: Path):
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            return cell
+    raise NotebookIndexError(f"{path}: no markdown cell; the first must start with a '# ' title")
+
+
+def _title_index(lines: list[str], path: Path) -> int:
+    for index, line in enumerate(lines):
+        if line.startswith("# "):
+            return index
+    raise NotebookIndexError(f"{path}: the first markdown cell has no '# ' title line")
+
+
+def _plain(text: str) -> str:
+    """One line, links reduced to their text, table pipes escaped."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = " ".join(text.split())
+    return text.replace("|", r"\|")
+
+
+def _first_sentence(paragraph: str) -> str:
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'`*_])", paragraph, maxsplit=1)
+    sentence = parts[0]
+    if len(sentence) > MAX_DESCRIPTION:
+        sentence = sentence[:MAX_DESCRIPTION].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return sentence
+
+
+def _description(lines: list[str]) -> str:
+    """First sentence of the first paragraph after the title (badges and headings skipped)."""
+    paragraph: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith(BADGE_PREFIX) or stripped.startswith("#"):
+            if paragraph:
+                break
+            continue
+        if not stripped:
+            if paragraph:
+                break
+            continue
+        paragraph.append(stripped)
+    return _first_sentence(_plain(" ".join(paragraph))) if paragraph else ""
+
+
+def read_info(path: Path) -> NotebookInfo:
+    notebook = nbformat.read(path, as_version=4)
+    lines = _first_markdown_cell(notebook, path).source.splitlines()
+    title_at = _title_index(lines, path)
+    number = re.match(r"\d*", path.stem).group(0)
+    title = lines[title_at][2:].strip()
+    if number:  # "01 · The fit() baseline" -> "The fit() baseline": the table has a # column
+        title = re.sub(rf"^0*{int(number)}\s*[·.:\-–—]\s*", "", title) or title
+    return NotebookInfo(
+        path=path,
+        number=number,
+        title=_plain(title),
+        description=_description(lines[title_at + 1 :]),
+    )
+
+
+def render_table(infos: list[NotebookInfo]) -> str:
+    if not infos:
+        return "_No notebooks in notebooks/ yet._"
+    rows = [
+        "| # | Notebook | What it shows | Colab | Binder |",
+        "|---|---|---|---|---|",
+    ]
+    for info in infos:
+        rows.append(
+            f"| {info.number} | [{info.title}](notebooks/{info.name}) | {info.description} "
+            f"| {colab_badge(info.name)} | {binder_badge(info.name)} |"
+        )
+    return "\n".join(rows)
+
+
+def updated_readme(text: str, infos: list[NotebookInfo], path: Path) -> str:
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise NotebookIndexError(f"{path}: needs exactly one '{START}' followed by one '{END}'")
+    head, rest = text.split(START)
+    _, tail = rest.split(END)
+    return f"{head}{START}\n{render_table(infos)}\n{END}{tail}"
+
+
+def updated_cell_source(source: str, name: str, path: Path) -> str:
+    """The first markdown cell's source with exactly one, current badge line."""
+    lines = source.splitlines()
+    title_at = _title_index(lines, path)
+    line = badge_line(name)
+    badge_at = [i for i, text in enumerate(lines) if text.lstrip().startswith(BADGE_PREFIX)]
+    if badge_at:
+        lines[badge_at[0]] = line
+        for extra in reversed(badge_at[1:]):
+            del lines[extra]
+    else:
+        following = lines[title_at + 1 :]
+        insert = [line] + ([""] if following and following[0].strip() else [])
+        lines[title_at + 1 : title_at + 1] = insert
+    return "\n".join(lines)
+
+
+def plan(root: Path = ROOT) -> dict[Path, str]:
+    """Files whose content would change, mapped to their new content (README.md as text,
+    notebooks as the updated first-markdown-cell source)."""
+    root = Path(root)
+    paths = notebook_paths(root)
+    infos = [read_info(path) for path in paths]
+    changes: dict[Path, str] = {}
+
+    readme = root / "README.md"
+    if not readme.is_file():
+        raise NotebookIndexError(f"{readme} does not exist")
+    text = readme.read_text(encoding="utf-8")
+    new_text = updated_readme(text, infos, readme)
+    if new_text != text:
+        changes[readme] = new_text
+
+    for path in paths:
+        cell = _first_markdown_cell(nbformat.read(path, as_version=4), path)
+        new_source = updated_cell_source(cell.source, path.name, path)
+        if new_source != cell.source:
+            changes[path] = new_source
+    return changes
+
+
+def apply(changes: dict[Path, str]) -> None:
+    for path, content in changes.items():
+        if path.suffix == ".ipynb":
+            notebook = nbformat.read(path, as_version=4)
+            _first_markdown_cell(notebook, path).source = content
+            nbformat.validate(notebook)
+            nbformat.write(notebook, path)
+        else:
+            path.write_text(content, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.notebook_index",
+        description="Rewrite README.md's notebook index and each notebook's Colab/Binder badges.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 listing what is out of date"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="repository root (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    try:
+        changes = plan(root)
+    except NotebookIndexError as error:
+        print(f"notebook_index: {error}", file=sys.stderr)
+        return 1
+    names = [str(path.relative_to(root)) for path in changes]
+    if args.check:
+        if changes:
+            print("notebook_index: out of date (run `python -m helpers.notebook_index`):")
+            for name in names:
+                what = "badge line" if name.endswith(".ipynb") else "notebook index"
+                print(f"  {name} ({what})")
+            return 1
+        print(f"notebook_index: README.md and {len(notebook_paths(root))} notebooks are up to date")
+        return 0
+    apply(changes)
+    for name in names:
+        print(f"notebook_index: updated {name}")
+    if not changes:
+        print("notebook_index: nothing to update")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
