@@ -1,0 +1,49 @@
+"""Shared fixtures: small, seeded slices of the real (verified) MNIST.
+
+Everything here is kept small so that the whole suite runs in well under three minutes on two
+cores: MNIST is read once per session, training tests use a few hundred images.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers.data import load_mnist  # noqa: E402
+
+SMALL_TRAIN = 640
+SMALL_VAL = 160
+
+
+@pytest.fixture(autouse=True)
+def _no_smoke_env(monkeypatch):
+    """Tests choose their own sizes; a TAPE_VS_FIT_SMOKE left set in the shell must not leak in."""
+    monkeypatch.delenv("TAPE_VS_FIT_SMOKE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """800 stratified training images (seed 0): float32 images, one-hot float32 labels."""
+    x, y = load_mnist("train", subset=SMALL_TRAIN + SMALL_VAL, seed=0)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def small_split(mnist_small):
+    """(x_train, y_train), (x_val, y_val): 640 + 160 images, one-hot labels."""
+    x, y = mnist_small
+    return (x[:SMALL_TRAIN], y[:SMALL_TRAIN]), (x[SMALL_TRAIN:], y[SMALL_TRAIN:])
+
+
+@pytest.fixture(scope="session")
+def small_split_sparse(small_split):
+    """The same images with uint8 class-id labels (what load_mnist(one_hot=False) gives)."""
+    (x_train, y_train), (x_val, y_val) = small_split
+    return ((x_train, y_train.argmax(-1).astype(np.uint8)),
+            (x_val, y_val.argmax(-1).astype(np.uint8)))
