@@ -102,11 +102,12 @@ def verdict(result: dict, labels: dict[str, str], alpha: float = 0.05) -> str:
                f"{result['folds']} folds")
     if result["p_value"] < alpha and not (result["ci_low"] <= 0 <= result["ci_high"]):
         direction = "higher" if result["mean_difference"] > 0 else "lower"
-        return (f"{a} vs {b}: distinguishable -- {a}'s final {what} is {direction} by "
+        return (f"{a} vs {b}, final {what}: distinguishable -- {a}'s is {direction} by "
                 f"{abs(result['mean_difference']):.4f} ({numbers}); {a} is {better} in "
                 f"{result['a_better_in']} of {result['folds']} folds.")
     if result["smallest_possible_p"] >= alpha:
-        return (f"{a} vs {b}: cannot be distinguished with {result['folds']} folds -- the "
+        return (f"{a} vs {b}, final {what}: cannot be distinguished with {result['folds']} "
+                f"folds -- the "
                 f"smallest p-value the test can give is {result['smallest_possible_p']:.3f} "
                 f"({numbers}).")
-    return f"{a} vs {b}: not distinguishable at the {alpha:.0%} level ({numbers})."
+    return f"{a} vs {b}, final {what}: not distinguishable at the {alpha:.0%} level ({numbers})."
