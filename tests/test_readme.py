@@ -69,6 +69,7 @@ def test_readme_badges_point_at_existing_notebooks_of_the_configured_repository(
 @pytest.mark.parametrize("path", real_notebooks(), ids=lambda path: path.name)
 def test_notebook_badges_point_at_itself_in_the_configured_repository(path):
     links = badge_links(markdown_of(path))
+    assert links, f"{path.name} has no Colab/Binder badges; run `python -m helpers.notebook_index`"
     assert_links_valid(links, str(path.relative_to(ROOT)))
     assert {link[2] for link in links} == {f"notebooks/{path.name}"}, (
         f"{path.name}: its badges should open the notebook itself"
