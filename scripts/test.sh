@@ -21,15 +21,22 @@ for path in tests notebooks; do
     if [[ -e "$path" ]]; then test_paths+=("$path"); fi
 done
 
+# ruff first; pytest runs even when ruff fails, so one run reports both.
 echo "==> ruff check ${lint_paths[*]}"
-ruff check "${lint_paths[@]}"
+ruff_status=0
+ruff check "${lint_paths[@]}" || ruff_status=$?
 
 echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
-status=0
+pytest_status=0
 TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env "${test_paths[@]}" "$@" \
-    || status=$?
-if (( status == 5 )); then
+    || pytest_status=$?
+
+if (( pytest_status == 5 )); then
     echo "test: pytest collected no tests; that counts as a failure." >&2
     exit 1
 fi
-exit "$status"
+if (( ruff_status != 0 )); then
+    echo "test: ruff found problems (see above; \`ruff check --fix\` fixes some)." >&2
+    exit 1
+fi
+exit "$pytest_status"
