@@ -1,0 +1,49 @@
+"""Structure every notebook shares: a Setup cell first, a papermill parameters cell of literals
+validated right after, the Colab install line pointing at the configured repository, no absolute
+paths. (nbval runs them; this checks what a reader and papermill rely on.)"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers.notebook_index import REPOSITORY
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+
+
+def code_cells(path):
+    return [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 4
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_then_parameters_then_validation(path):
+    cells = code_cells(path)
+    setup = cells[0].source
+    assert "import" in setup and "__version__" in setup, "first code cell must be the Setup cell"
+    assert f"git+https://github.com/{REPOSITORY}" in setup, (
+        "the Colab install line must point at helpers.notebook_index.REPOSITORY")
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    parameters = ast.parse(cells[tagged[0]].source)
+    for statement in parameters.body:
+        assert isinstance(statement, ast.Assign), "parameters cell holds only assignments"
+        ast.literal_eval(statement.value)  # papermill parameters are literals
+    assert "validate_parameters(" in cells[tagged[0] + 1].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_absolute_paths_and_no_stored_errors(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not re.search(r"[\"'](/[\w.-]+){2,}", cell.source), cell.source
+            assert all(out.get("output_type") != "error" for out in cell.get("outputs", []))
