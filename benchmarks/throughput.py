@@ -1,0 +1,111 @@
+"""Training throughput of model.fit() and of GradientTape loops on MNIST with the article's CNN.
+
+Every method trains its own model; the methods take turns epoch by epoch (round-robin, order
+rotated each round) so machine noise hits them alike; the first epoch of each is a warm-up
+(tracing, XLA compilation) and is not counted. Throughput is the median over the measured epochs,
+training only (no validation), and every ratio is to ``model.fit`` with ``jit_compile="auto"``
+measured in the same run. Achieved GFLOP/s come from an analytic FLOP count (3 x the forward
+pass's conv and dense FLOPs) and are compared with a float32 matmul measured in the same run.
+See helpers/speed.py for the details.
+
+    python benchmarks/throughput.py                    # the full measurement (several minutes)
+    python benchmarks/throughput.py --quick            # seconds-long smoke run (CI)
+    python benchmarks/throughput.py --methods fit_auto matched_graph matched_xla --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CSV = REPO / "output" / "benchmarks" / "throughput.csv"
+QUICK = {"samples": 128, "epochs": 2, "warmup": 1, "repeats": 1, "peak_runs": 2}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from helpers.speed import METHODS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--samples", type=int, default=12800,
+                        help="MNIST training images used (a stratified subset)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=5,
+                        help="measured epochs per method, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="epochs per method run first and not counted")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="times the whole round-robin is run, with new models each time; "
+                             "the median is over all repeats' measured epochs")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                        metavar="METHOD",
+                        help="subset of: " + ", ".join(METHODS) + " (default all; fit_auto is "
+                             "always added, as the reference)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="matrix size of the float32 matmul that measures the peak")
+    parser.add_argument("--peak-runs", type=int, default=3,
+                        help="matmuls timed after each round")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="where to write the table")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny configuration for CI: " + ", ".join(
+                            f"{k}={v}" for k, v in QUICK.items()) + " (overrides those options)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    for name in ("samples", "batch_size", "epochs", "repeats", "peak_size", "peak_runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.samples < 20 or args.samples > 60000:
+        parser.error("--samples must be from 20 to 60000 (MNIST's training images)")
+    return args
+
+
+def main(argv=None):
+    """Run the benchmark; print the table, write the CSV, return the summary DataFrame."""
+    args = parse_args(argv)
+    import keras
+    import tensorflow as tf
+
+    from helpers.data import load_mnist
+    from helpers.speed import format_table, measure, summarize
+
+    x, y = load_mnist("train", subset=args.samples, seed=args.seed)
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; {len(x)} samples, batch size "
+          f"{args.batch_size}, {args.warmup} warm-up + {args.epochs} measured epochs per method, "
+          f"{args.repeats} repeat(s)", flush=True)
+    measurement = measure(
+        x, y, methods=args.methods, batch_size=args.batch_size, epochs=args.epochs,
+        warmup=args.warmup, repeats=args.repeats, seed=args.seed, peak_size=args.peak_size,
+        peak_runs=args.peak_runs, log=lambda line: print(line, flush=True),
+    )
+    summary = summarize(measurement)
+    print()
+    print(format_table(summary))
+    table = summary.assign(
+        samples=len(x), batch_size=args.batch_size, epochs=args.epochs, warmup=args.warmup,
+        repeats=args.repeats, seed=args.seed, peak_size=args.peak_size,
+        tensorflow=tf.__version__, keras=keras.__version__, cpu_count=os.cpu_count(),
+        machine=platform.machine(), quick=args.quick,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.csv, index=False)
+    print(f"\nwrote {args.csv}")
+    return table
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # helpers importable even without `pip install -e .`
+    main()

@@ -1,0 +1,408 @@
+"""Training throughput of fit() and of GradientTape loops, measured fairly.
+
+Used by ``benchmarks/throughput.py`` and notebook 05; nothing here is copied into either.
+
+What is measured: training only (no validation), in samples per second, per epoch. Every method
+trains its own copy of the article's CNN (``create_cnn(seed)``: the same initial weights), and the
+methods take turns epoch by epoch -- round-robin, with the order rotated every round -- so that
+whatever else the machine does in the meantime slows all of them alike. The first ``warmup``
+epochs of each method are run but not counted: they hold tracing, XLA compilation and the
+allocator's first touches. The throughput of a method is the median over its measured epochs;
+its ratio is that median over the median of ``fit_auto`` (``model.fit`` as the article calls it,
+``jit_compile="auto"``) measured in the same run.
+
+Methods (`METHODS`):
+
+- ``fit_auto``, ``fit_graph``, ``fit_xla``: ``model.fit(x, y, shuffle=True)`` with
+  ``jit_compile`` "auto" (the default), False and True. Keras resolves "auto" to False on a machine
+  with no GPU/TPU (keras/src/trainers/trainer.py, ``_resolve_auto_jit_compile``: "Disable XLA on
+  CPU-only machines"), so on a CPU ``fit_auto`` and ``fit_graph`` run the same code and their
+  difference shows the noise of the measurement. Each epoch is timed from fit's
+  ``on_epoch_begin`` to ``on_epoch_end`` callbacks, so the per-call setup of ``fit(epochs=1)``
+  (building the data adapter), which a many-epoch fit pays once, is not counted.
+- ``naive_eager``: the article's loop as published (`helpers.training.train_naive` with
+  ``compiled=False``): batches in file order, ``model(x)``, per-sample loss vector, the partial
+  batch dropped -- so it trains ``(N // batch_size) * batch_size`` samples an epoch.
+- ``matched_eager``, ``matched_graph``, ``matched_xla``: the loop of
+  `helpers.training.train_matched` -- a new permutation each epoch, each batch gathered inside the
+  step from an index tensor -- run eagerly, under ``tf.function`` (as the notebooks use it) and
+  under ``tf.function(jit_compile=True)``.
+- ``matched_numpy``, ``matched_tfdata``: the same step under ``tf.function``, fed batches sliced
+  from the NumPy arrays each step, or by a ``tf.data`` pipeline (``from_tensor_slices``,
+  ``shuffle`` over all samples, ``batch``, ``prefetch``).
+
+Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
+epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
+time would retrace every epoch. The runners below keep one step per method across epochs. Their
+step bodies are the helpers' step bodies, using the helpers' own loss, metric and order functions;
+tests/test_benchmark.py checks that they reach the same weights as `train_naive` and
+`train_matched` given the same batches.
+
+FLOPs: `forward_flops` counts the multiply-adds of the convolutions and dense layers from the
+layer shapes (conv: 2*H_out*W_out*k*k*C_in*C_out, dense: 2*in*out; bias, activations, pooling and
+dropout are left out), and a training step is taken as 3x the forward pass (the backward pass
+computes a gradient for the activations and one for the weights, each about as costly as the
+forward pass). Achieved GFLOP/s are compared with the speed of a large float32 ``tf.matmul``
+measured on the same machine during the same run (`matmul_gflops`), as a practical peak.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from helpers.model import create_cnn
+from helpers.training import (
+    _accuracy_metric,
+    _batch_loss,
+    _EpochTimer,
+    _require_compiled,
+    total_loss,
+)
+
+REFERENCE = "fit_auto"
+
+METHODS = {
+    "fit_auto": 'model.fit, jit_compile="auto" (the default)',
+    "fit_graph": "model.fit, jit_compile=False",
+    "fit_xla": "model.fit, jit_compile=True (XLA)",
+    "naive_eager": "article's naive tape loop, eager",
+    "matched_eager": "matched tape loop, eager",
+    "matched_graph": "matched tape loop, tf.function (as the notebooks run it)",
+    "matched_numpy": "matched step in tf.function, batches sliced from NumPy",
+    "matched_tfdata": "matched step in tf.function, batches from tf.data",
+    "matched_xla": "matched tape loop, tf.function(jit_compile=True) (XLA)",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs and the machine's matmul speed
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Floating-point operations of one sample's forward pass through the Conv2D and Dense layers
+    (a multiply-add counts as 2); other layers are ignored (they are a small fraction here)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, c_in, c_out = layer.kernel.shape
+            _, h_out, w_out, _ = layer.output.shape
+            total += 2 * h_out * w_out * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            n_in, n_out = layer.kernel.shape
+            total += 2 * n_in * n_out
+    return int(total)
+
+
+def training_flops_per_sample(model: keras.Model) -> int:
+    """3x the forward FLOPs: forward + gradient w.r.t. activations + gradient w.r.t. weights."""
+    return 3 * forward_flops(model)
+
+
+def matmul_gflops(size: int = 2048, runs: int = 3) -> list[float]:
+    """GFLOP/s of `runs` float32 ``size x size`` matrix products (2*size**3 FLOPs each), after one
+    untimed product. Eager ops on the CPU return when done; reading one element makes sure."""
+    a = tf.random.stateless_uniform([size, size], seed=[1, 2])
+    b = tf.random.stateless_uniform([size, size], seed=[3, 4])
+    float(tf.matmul(a, b)[0, 0])
+    speeds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        float(tf.matmul(a, b)[0, 0])
+        speeds.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return speeds
+
+
+# ----------------------------------------------------------------------------------------------
+# One runner per method: a model of its own, trained one epoch per call
+
+
+class _FitRunner:
+    def __init__(self, x, y, batch_size, seed, jit_compile):
+        self.model = create_cnn(seed)  # compiled as the article does: jit_compile="auto"
+        if jit_compile != "auto":
+            self.model.jit_compile = jit_compile  # read when fit builds its train function
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.samples_per_epoch = len(x)
+        self.timer = _EpochTimer()
+
+    def run_epoch(self) -> float:
+        self.model.fit(self.x, self.y, batch_size=self.batch_size, epochs=1, shuffle=True,
+                       verbose=0, callbacks=[self.timer])
+        return self.timer.seconds[0]
+
+
+class _NaiveRunner:
+    """`helpers.training.train_naive`'s step and batches, eager, one epoch per call."""
+
+    def __init__(self, x, y, batch_size, seed):
+        self.model = model = create_cnn(seed)
+        _require_compiled(model)
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.steps = len(x) // batch_size
+        self.samples_per_epoch = self.steps * batch_size
+        optimizer = model.optimizer
+        per_sample_loss = keras.losses.get(model.loss)
+        if isinstance(per_sample_loss, keras.losses.Loss):
+            per_sample_loss = per_sample_loss.call
+        self.loss_tracker = loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy = accuracy = _accuracy_metric(y, model)
+
+        def train_step(x_batch, y_batch):  # train_naive's train_step, line for line
+            with tf.GradientTape() as tape:
+                y_pred = model(x_batch)
+                loss = per_sample_loss(y_batch, y_pred)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            loss_tracker.update_state(loss)
+            accuracy.update_state(y_batch, y_pred)
+
+        self.step = train_step
+
+    def run_epoch(self) -> float:
+        start = time.perf_counter()
+        self.loss_tracker.reset_state()
+        self.accuracy.reset_state()
+        x, y, size = self.x, self.y, self.batch_size
+        for i in range(self.steps):
+            self.step(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+        float(self.loss_tracker.result())  # as History reads it; also waits for the last step
+        return time.perf_counter() - start
+
+
+class _MatchedRunner:
+    """`helpers.training.train_matched`'s step, one epoch per call, fed in one of three ways:
+
+    - ``"gather"``: as train_matched does -- the step takes a batch of indices and gathers the
+      images and labels inside it from tensors holding all samples;
+    - ``"numpy"``: the batch is sliced from the NumPy arrays in Python and passed in;
+    - ``"tfdata"``: the batches come from a ``tf.data`` pipeline.
+
+    `compile` is None (eager), "graph" (``tf.function``) or "xla" (``tf.function(jit_compile=
+    True)``). Compiled steps get an ``input_signature`` whose batch dimension is None, so the
+    partial last batch uses the same trace (tf.function docstring, "Input signatures": "This
+    ensures only one ConcreteFunction is created"); under XLA the compiled program is still
+    specialised to each concrete shape, so the partial batch costs one more XLA compilation
+    during the warm-up epoch.
+
+    Epoch e uses the permutation ``epoch_orders(N, epochs, seed)[e]`` would give (one
+    ``default_rng(seed)`` drawn once per epoch), so that it can be checked against train_matched.
+    """
+
+    def __init__(self, x, y, batch_size, seed, feed="gather", compile="graph"):
+        if feed not in ("gather", "numpy", "tfdata"):
+            raise ValueError(f"feed={feed!r}; use 'gather', 'numpy' or 'tfdata'")
+        if compile not in (None, "graph", "xla"):
+            raise ValueError(f"compile={compile!r}; use None, 'graph' or 'xla'")
+        self.model = model = create_cnn(seed)
+        _require_compiled(model)
+        self.x, self.y, self.batch_size, self.feed = x, y, batch_size, feed
+        self.samples_per_epoch = len(x)
+        self.steps = math.ceil(len(x) / batch_size)
+        self.rng = np.random.default_rng(seed)
+        optimizer = model.optimizer
+        loss_fn = _batch_loss(model)
+        self.loss_tracker = loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy = accuracy = _accuracy_metric(y, model)
+
+        def batch_step(x_batch, y_batch):  # train_matched's train_step after its two gathers
+            with tf.GradientTape() as tape:
+                y_pred = model(x_batch, training=True)
+                loss = total_loss(model, loss_fn, y_batch, y_pred)
+            loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
+            accuracy.update_state(y_batch, y_pred)
+            grads = tape.gradient(loss, model.trainable_weights)
+            optimizer.apply_gradients(zip(grads, model.trainable_weights))
+
+        x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
+        y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
+        if feed == "gather":
+            self.x_all, self.y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+
+            def step(indices):
+                batch_step(tf.gather(self.x_all, indices), tf.gather(self.y_all, indices))
+
+            signature = [tf.TensorSpec([None], tf.int64)]
+        else:
+            step, signature = batch_step, [x_spec, y_spec]
+        if feed == "tfdata":
+            self.dataset = (
+                tf.data.Dataset.from_tensor_slices((tf.convert_to_tensor(x),
+                                                    tf.convert_to_tensor(y)))
+                .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+                .batch(batch_size)
+                .prefetch(tf.data.AUTOTUNE)
+            )
+        if compile is not None:
+            step = tf.function(step, input_signature=signature, jit_compile=compile == "xla")
+        self.step = step
+
+    def run_epoch(self) -> float:
+        start = time.perf_counter()
+        self.loss_tracker.reset_state()
+        self.accuracy.reset_state()
+        size = self.batch_size
+        if self.feed == "tfdata":
+            for x_batch, y_batch in self.dataset:
+                self.step(x_batch, y_batch)
+        else:
+            order = self.rng.permutation(self.samples_per_epoch)
+            if self.feed == "gather":
+                order = tf.constant(order, dtype=tf.int64)
+                for i in range(self.steps):
+                    self.step(order[i * size:(i + 1) * size])
+            else:
+                for i in range(self.steps):
+                    idx = order[i * size:(i + 1) * size]
+                    self.step(self.x[idx], self.y[idx])
+        float(self.loss_tracker.result())
+        return time.perf_counter() - start
+
+
+def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
+    """A fresh model for `method` and an object whose ``run_epoch()`` trains it for one epoch and
+    returns the seconds that took; ``samples_per_epoch`` is how many samples an epoch trains."""
+    builders: dict[str, Callable] = {
+        "fit_auto": lambda: _FitRunner(x, y, batch_size, seed, "auto"),
+        "fit_graph": lambda: _FitRunner(x, y, batch_size, seed, False),
+        "fit_xla": lambda: _FitRunner(x, y, batch_size, seed, True),
+        "naive_eager": lambda: _NaiveRunner(x, y, batch_size, seed),
+        "matched_eager": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", None),
+        "matched_graph": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph"),
+        "matched_numpy": lambda: _MatchedRunner(x, y, batch_size, seed, "numpy", "graph"),
+        "matched_tfdata": lambda: _MatchedRunner(x, y, batch_size, seed, "tfdata", "graph"),
+        "matched_xla": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "xla"),
+    }
+    if method not in builders:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return builders[method]()
+
+
+# ----------------------------------------------------------------------------------------------
+# The interleaved measurement
+
+
+@dataclass
+class Measurement:
+    """Every timed epoch (`epochs`, warm-up included, a row each) and the matmul speeds."""
+
+    epochs: pd.DataFrame
+    peak_gflops: list[float]
+    flops_per_sample: int
+    jit_compile: dict[str, bool] = field(default_factory=dict)
+
+
+def check_methods(methods: Iterable[str] | None) -> list[str]:
+    """The methods to run, in order, with the reference `fit_auto` added first if missing."""
+    methods = list(METHODS) if methods is None else list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    return methods if REFERENCE in methods else [REFERENCE, *methods]
+
+
+def measure(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    methods: Sequence[str] | None = None,
+    batch_size: int = 64,
+    epochs: int = 5,
+    warmup: int = 1,
+    repeats: int = 1,
+    seed: int = 0,
+    peak_size: int = 2048,
+    peak_runs: int = 3,
+    log: Callable[[str], None] | None = print,
+) -> Measurement:
+    """Train every method for ``warmup + epochs`` epochs, round-robin, `repeats` times (each
+    repeat with new models); time each epoch. A matmul peak is measured once per round too."""
+    if epochs < 1 or warmup < 0 or repeats < 1:
+        raise ValueError("need epochs >= 1, warmup >= 0 and repeats >= 1")
+    methods = check_methods(methods)
+    rows, peaks, jit = [], [], {}
+    flops = None
+    for repeat in range(repeats):
+        runners = {m: make_runner(m, x, y, batch_size=batch_size, seed=seed) for m in methods}
+        flops = training_flops_per_sample(runners[methods[0]].model)
+        for method, runner in runners.items():
+            if isinstance(runner, _FitRunner):
+                jit[method] = bool(runner.model.jit_compile)
+        for round_ in range(warmup + epochs):
+            shift = round_ % len(methods)
+            for method in methods[shift:] + methods[:shift]:  # rotate who goes first
+                runner = runners[method]
+                seconds = runner.run_epoch()
+                rows.append({
+                    "repeat": repeat, "round": round_, "method": method,
+                    "warmup": round_ < warmup, "seconds": seconds,
+                    "samples": runner.samples_per_epoch,
+                    "samples_per_s": runner.samples_per_epoch / seconds,
+                })
+            peaks.extend(matmul_gflops(peak_size, peak_runs))
+            if log is not None:
+                kind = "warm-up" if round_ < warmup else "measured"
+                done = [r for r in rows if r["repeat"] == repeat and r["round"] == round_]
+                log(f"repeat {repeat + 1}/{repeats} round {round_ + 1}/{warmup + epochs} "
+                    f"({kind}): " + ", ".join(
+                        f"{r['method']} {r['samples_per_s']:.0f}" for r in done
+                    ) + " samples/s")
+    return Measurement(pd.DataFrame(rows), peaks, flops, jit)
+
+
+def summarize(measurement: Measurement) -> pd.DataFrame:
+    """One row per method: median samples/s over the measured epochs, spread, ratio to fit_auto,
+    achieved GFLOP/s and utilization of the measured matmul peak."""
+    table = measurement.epochs
+    measured = table[~table["warmup"]]
+    peak = statistics.median(measurement.peak_gflops)
+    rows = []
+    for method, group in measured.groupby("method", sort=False):
+        speeds = group["samples_per_s"]
+        rows.append({
+            "method": method,
+            "description": METHODS[method],
+            "samples_per_s": speeds.median(),
+            "samples_per_s_q25": speeds.quantile(0.25),
+            "samples_per_s_q75": speeds.quantile(0.75),
+            "epochs_measured": len(speeds),
+            "samples_per_epoch": int(group["samples"].iloc[0]),
+            "warmup_seconds": float(table[(table["method"] == method) & table["warmup"]]
+                                    ["seconds"].sum()),
+        })
+    summary = pd.DataFrame(rows)
+    reference = summary.loc[summary["method"] == REFERENCE, "samples_per_s"].iloc[0]
+    summary["ratio_to_fit_auto"] = summary["samples_per_s"] / reference
+    summary["gflops"] = summary["samples_per_s"] * measurement.flops_per_sample / 1e9
+    summary["peak_gflops"] = peak
+    summary["utilization_pct"] = 100 * summary["gflops"] / peak
+    summary["train_flops_per_sample"] = measurement.flops_per_sample
+    summary["jit_compile"] = summary["method"].map(measurement.jit_compile)
+    order = {name: i for i, name in enumerate(METHODS)}
+    return summary.sort_values("method", key=lambda col: col.map(order)).reset_index(drop=True)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The summary as a fixed-width text table."""
+    lines = [f"{'method':<15} {'samples/s':>10} {'IQR':>13} {'x fit_auto':>10} "
+             f"{'GFLOP/s':>8} {'% peak':>7}  description"]
+    for row in summary.itertuples():
+        spread = f"{row.samples_per_s_q25:.0f}-{row.samples_per_s_q75:.0f}"
+        lines.append(
+            f"{row.method:<15} {row.samples_per_s:>10.0f} {spread:>13} "
+            f"{row.ratio_to_fit_auto:>10.2f} {row.gflops:>8.1f} {row.utilization_pct:>6.1f}%"
+            f"  {row.description}"
+        )
+    peak = summary["peak_gflops"].iloc[0]
+    flops = summary["train_flops_per_sample"].iloc[0]
+    lines.append(f"peak: median float32 matmul speed {peak:.1f} GFLOP/s on this machine; "
+                 f"training FLOPs per sample: {flops / 1e6:.2f} M (3 x forward, analytic)")
+    return "\n".join(lines)
