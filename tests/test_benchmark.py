@@ -1,0 +1,104 @@
+"""The throughput benchmark runs and reports sanely; the loops it times are the helpers' loops; the
+matched loop's compiled step is traced once, partial last batch included. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import speed
+from helpers.data import load_mnist
+from helpers.model import create_cnn
+from helpers.training import train_matched, train_naive
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "throughput", REPO / "benchmarks" / "throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mnist_130():
+    """130 training images: two full batches of 64 and a partial batch of 2; 20 to validate."""
+    x, y = load_mnist("train", subset=150, seed=0)
+    return (x[:130], y[:130]), (x[130:], y[130:])
+
+
+def test_quick_benchmark_writes_a_row_per_method(tmp_path):
+    csv = tmp_path / "throughput.csv"
+    returned = _load_benchmark().main(["--quick", "--csv", str(csv)])
+    table = pd.read_csv(csv)
+    assert list(table["method"]) == list(speed.METHODS)
+    assert len(returned) == len(table)
+    for column in ("samples_per_s", "gflops", "utilization_pct", "peak_gflops"):
+        assert all(math.isfinite(v) and v > 0 for v in table[column]), column
+    reference = table.set_index("method").loc[speed.REFERENCE]
+    assert reference["ratio_to_fit_auto"] == 1.0
+    assert (table["epochs_measured"] == table["epochs"]).all()
+    assert table["quick"].all()
+
+
+def test_benchmark_always_measures_the_reference():
+    assert speed.check_methods(["matched_graph"]) == ["fit_auto", "matched_graph"]
+    with pytest.raises(ValueError, match="unknown"):
+        speed.check_methods(["fast"])
+
+
+def test_flop_count_of_the_article_cnn():
+    # conv 26x26x(3*3*1)x32, conv 11x11x(3*3*32)x64, dense 1600x10; a multiply-add is 2 FLOPs
+    expected = 2 * (26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 1600 * 10)
+    model = create_cnn(0)
+    assert speed.forward_flops(model) == expected
+    assert speed.training_flops_per_sample(model) == 3 * expected
+
+
+def _weights_equal(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights(), strict=True))
+
+
+def test_benchmark_loops_are_the_helpers_loops(mnist_130):
+    """One eager epoch of each benchmark loop ends with the weights of the helpers' function."""
+    train, val = mnist_130
+    naive = speed.make_runner("naive_eager", *train, batch_size=64, seed=3)
+    naive.run_epoch()
+    reference = create_cnn(3)
+    train_naive(reference, train, val, epochs=1, batch_size=64, seed=3, compiled=False)
+    assert _weights_equal(naive.model, reference)
+
+    matched = speed.make_runner("matched_eager", *train, batch_size=64, seed=3)
+    matched.run_epoch()
+    reference = create_cnn(3)
+    train_matched(reference, train, val, epochs=1, batch_size=64, seed=3, compiled=False)
+    assert _weights_equal(matched.model, reference)
+
+
+def test_compiled_matched_step_is_traced_once(mnist_130):
+    """Two epochs with a partial last batch: one trace. The optimizer is built first, as fit does
+    (keras/src/trainers/trainer.py, _symbolic_build: ``self.optimizer.build(...)``); otherwise
+    Adam creates its slot variables inside the first call, and tf.function then traces that call a
+    second time without variable creation (tensorflow/python/eager/polymorphic_function/
+    polymorphic_function.py, ``_call`` and ``_initialize``) -- once, not per batch shape."""
+    train, val = mnist_130
+    model = create_cnn(0)
+    model.optimizer.build(model.trainable_variables)
+    train_matched(model, train, val, epochs=2, batch_size=64, seed=0)
+    assert train_matched.last_step.experimental_get_tracing_count() == 1
+
+    # Unbuilt optimizer: the extra trace comes from the first call, not from the partial batch --
+    # a run with no partial batch and a single epoch traces as often.
+    train_matched(create_cnn(0), train, val, epochs=2, batch_size=64, seed=0)
+    with_partial = train_matched.last_step.experimental_get_tracing_count()
+    train_matched(create_cnn(0), (train[0][:128], train[1][:128]), val, epochs=1,
+                  batch_size=64, seed=0)
+    assert with_partial == train_matched.last_step.experimental_get_tracing_count() <= 2
