@@ -7,6 +7,7 @@ one small real run checks that cross_validate_mnist works end to end.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,33 @@ def test_interrupted_run_resumes_without_recomputing(toy_data, tmp_path, interru
     third = Recorder()
     pd.testing.assert_frame_equal(_run(third, toy_data, folder), reference, check_exact=True)
     assert third.calls == [] and third.model_seeds == []
+
+
+def test_run_killed_while_writing_a_fold_is_not_trusted(toy_data, tmp_path, monkeypatch):
+    """A run stopped halfway through writing fold 2's file must not leave a half file that the
+    rerun would read as finished."""
+    reference = _run(Recorder(), toy_data)
+    folder = tmp_path / "killed"
+    real_write_text = Path.write_text
+
+    def dying_write_text(self, text, *args, **kwargs):
+        if "fold_02" in self.name:
+            real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", dying_write_text)
+    with pytest.raises(KeyboardInterrupt):
+        _run(Recorder(), toy_data, folder)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert not (folder / "fit" / "fold_02.csv").exists()
+
+    rerun = Recorder()
+    resumed = _run(rerun, toy_data, folder)
+    assert [(c["method"], c["fold"]) for c in rerun.calls] == [
+        (m, f) for f in (2, 3) for m in ("fit", "naive")
+    ]
+    pd.testing.assert_frame_equal(resumed, reference, check_exact=True)
 
 
 def test_saved_settings(toy_data, tmp_path):
