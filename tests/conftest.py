@@ -19,12 +19,6 @@ SMALL_TRAIN = 640
 SMALL_VAL = 160
 
 
-@pytest.fixture(autouse=True)
-def _no_smoke_env(monkeypatch):
-    """Tests choose their own sizes; a TAPE_VS_FIT_SMOKE left set in the shell must not leak in."""
-    monkeypatch.delenv("TAPE_VS_FIT_SMOKE", raising=False)
-
-
 @pytest.fixture(scope="session")
 def mnist_small():
     """800 stratified training images (seed 0): float32 images, one-hot float32 labels."""

@@ -99,6 +99,7 @@ class Recorder:
                 method=method, fold=fold, model_seed=model.seed, seed=seed, epochs=epochs,
                 batch_size=batch_size, train=x_train[:, 0].astype(int), val=x_val[:, 0].astype(int),
                 train_labels_ok=bool(np.all(y_train == self.y[x_train[:, 0].astype(int)])),
+                val_labels_ok=bool(np.all(y_val == self.y[x_val[:, 0].astype(int)])),
             ))
             if self.interrupt == (method, fold):
                 raise KeyboardInterrupt
@@ -171,7 +172,7 @@ def test_every_method_gets_the_same_folds_and_seeds(toy_data):
         assert (call["epochs"], call["batch_size"]) == (EPOCHS, BATCH)
         np.testing.assert_array_equal(call["train"], train)
         np.testing.assert_array_equal(call["val"], val)
-        assert call["train_labels_ok"]
+        assert call["train_labels_ok"] and call["val_labels_ok"]
 
 
 @pytest.mark.parametrize("interrupted_method", ["fit", "naive"])
