@@ -169,6 +169,8 @@ def cross_validate(
                 print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
             if fold_file is not None:
                 fold_file.parent.mkdir(parents=True, exist_ok=True)
+                for leftover in fold_file.parent.glob(f".{fold_file.name}.*.tmp"):
+                    leftover.unlink()  # from a run killed while writing this fold
                 _write_atomically(fold_file, table.to_csv(index=False))
             tables.append(table)
     combined = pd.concat(tables, ignore_index=True)

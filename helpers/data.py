@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def _read_verified(path: Path) -> dict[str, np.ndarray]:
             arrays = {key: archive[key] for key in ARRAY_SHA256}
     except MnistDataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise MnistDataError(
             f"{path} cannot be read as an .npz file ({type(error).__name__}: {error}); it is "
             f"truncated or corrupted. {_FIX}"

@@ -15,7 +15,11 @@ The model must be compiled: the optimizer and loss given to `compile` are the on
   is off, the per-sample loss vector differentiated -- i.e. summed -- and the last partial batch
   dropped).
 - `train_matched`: a GradientTape loop that does what fit does, written out; given the same batch
-  order it reproduces fit's History and weights exactly (see notebook 03 and tests).
+  order it reproduces fit's History and weights: bit for bit for the article's CNN (notebook 03,
+  tests). Where TensorFlow's graph "arithmetic optimizer" regroups a sum differently in the two
+  graphs (seen with BatchNormalization + an L2 regularizer) the match is to ~1e-6, and bit for
+  bit again with ``tf.config.optimizer.set_experimental_options({"arithmetic_optimization":
+  False})`` (tests/test_training.py).
 
 Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend:
 - ``training=True``, loss, gradient, update, metrics: keras/src/backend/tensorflow/trainer.py:53-88
@@ -284,6 +288,10 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
     loss_tracker = keras.metrics.Mean(name="loss")
     accuracy = _accuracy_metric(y, model)
     evaluate = _Evaluator(model, loss_fn, *val_data, batch_size, compiled)
+    # Create the optimizer's variables now, as fit does before its first step; created inside the
+    # first call instead, they would make tf.function trace the step a second time.
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
 
     def train_step(indices):
         x_batch, y_batch = tf.gather(x_all, indices), tf.gather(y_all, indices)

@@ -359,12 +359,6 @@ def test_matched_step_traces_once_when_the_optimizer_is_built(small_split):
     assert result.tracing_count == 1
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="helpers bug: with an unbuilt optimizer (a freshly compiled model) the first call "
-           "creates the optimizer's variables inside the tf.function, so TensorFlow traces the "
-           "step a second time; train_matched's docstring says 'traced once'",
-)
 def test_matched_step_traces_once_on_a_fresh_model(cnn):
     assert cnn["matched", 50].tracing_count == 1
 
