@@ -217,6 +217,8 @@ class _MatchedRunner:
         self.steps = math.ceil(len(x) / batch_size)
         self.rng = np.random.default_rng(seed)
         optimizer = model.optimizer
+        if not optimizer.built:  # as train_matched (and fit) do: one trace, not two
+            optimizer.build(model.trainable_variables)
         loss_fn = _batch_loss(model)
         self.loss_tracker = loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = accuracy = _accuracy_metric(y, model)
