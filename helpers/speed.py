@@ -33,8 +33,8 @@ Methods (`METHODS`):
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
 epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
-time would retrace every epoch. The runners below keep one step per method across epochs. Their
-step bodies are the helpers' step bodies, using the helpers' own loss, metric and order functions;
+time would retrace every epoch. The runners below keep one step per method across epochs, built
+by the same factories the helpers' loops use (`naive_train_step`, `matched_train_step`);
 tests/test_benchmark.py checks that they reach the same weights as `train_naive` and
 `train_matched` given the same batches.
 
@@ -62,13 +62,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.model import create_cnn
-from helpers.training import (
-    _accuracy_metric,
-    _batch_loss,
-    _EpochTimer,
-    _require_compiled,
-    total_loss,
-)
+from helpers.training import EpochTimer, matched_train_step, naive_train_step
 
 REFERENCE = "fit_auto"
 
@@ -140,7 +134,7 @@ class _FitRunner:
             self.model.jit_compile = jit_compile  # read when fit builds its train function
         self.x, self.y, self.batch_size = x, y, batch_size
         self.samples_per_epoch = len(x)
-        self.timer = _EpochTimer()
+        self.timer = EpochTimer()
 
     def run_epoch(self) -> float:
         self.model.fit(self.x, self.y, batch_size=self.batch_size, epochs=1, shuffle=True,
@@ -152,28 +146,11 @@ class _NaiveRunner:
     """`helpers.training.train_naive`'s step and batches, eager, one epoch per call."""
 
     def __init__(self, x, y, batch_size, seed):
-        self.model = model = create_cnn(seed)
-        _require_compiled(model)
+        self.model = create_cnn(seed)
         self.x, self.y, self.batch_size = x, y, batch_size
         self.steps = len(x) // batch_size
         self.samples_per_epoch = self.steps * batch_size
-        optimizer = model.optimizer
-        per_sample_loss = keras.losses.get(model.loss)
-        if isinstance(per_sample_loss, keras.losses.Loss):
-            per_sample_loss = per_sample_loss.call
-        self.loss_tracker = loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy = accuracy = _accuracy_metric(y, model)
-
-        def train_step(x_batch, y_batch):  # train_naive's train_step, line for line
-            with tf.GradientTape() as tape:
-                y_pred = model(x_batch)
-                loss = per_sample_loss(y_batch, y_pred)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            loss_tracker.update_state(loss)
-            accuracy.update_state(y_batch, y_pred)
-
-        self.step = train_step
+        self.step, self.loss_tracker, self.accuracy = naive_train_step(self.model, y)
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
@@ -210,27 +187,12 @@ class _MatchedRunner:
             raise ValueError(f"feed={feed!r}; use 'gather', 'numpy' or 'tfdata'")
         if compile not in (None, "graph", "xla"):
             raise ValueError(f"compile={compile!r}; use None, 'graph' or 'xla'")
-        self.model = model = create_cnn(seed)
-        _require_compiled(model)
+        self.model = create_cnn(seed)
         self.x, self.y, self.batch_size, self.feed = x, y, batch_size, feed
         self.samples_per_epoch = len(x)
         self.steps = math.ceil(len(x) / batch_size)
         self.rng = np.random.default_rng(seed)
-        optimizer = model.optimizer
-        if not optimizer.built:  # as train_matched (and fit) do: one trace, not two
-            optimizer.build(model.trainable_variables)
-        loss_fn = _batch_loss(model)
-        self.loss_tracker = loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy = accuracy = _accuracy_metric(y, model)
-
-        def batch_step(x_batch, y_batch):  # train_matched's train_step after its two gathers
-            with tf.GradientTape() as tape:
-                y_pred = model(x_batch, training=True)
-                loss = total_loss(model, loss_fn, y_batch, y_pred)
-            loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
-            accuracy.update_state(y_batch, y_pred)
-            grads = tape.gradient(loss, model.trainable_weights)
-            optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        batch_step, self.loss_tracker, self.accuracy = matched_train_step(self.model, y)
 
         x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))

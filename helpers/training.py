@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -117,7 +119,11 @@ class _Evaluator:
         self.y_val = tf.convert_to_tensor(y_val)
         self.loss_tracker = keras.metrics.Mean(name="val_loss")
         self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
-        self.step = tf.function(self._step, reduce_retracing=True) if compiled else self._step
+        # Batch dimension None: the partial last batch reuses the one trace.
+        signature = [tf.TensorSpec([None, *self.x_val.shape[1:]], self.x_val.dtype),
+                     tf.TensorSpec([None, *self.y_val.shape[1:]], self.y_val.dtype)]
+        self.step = (tf.function(self._step, input_signature=signature) if compiled
+                     else self._step)
 
     def _step(self, x, y):
         y_pred = self.model(x, training=False)
@@ -141,7 +147,9 @@ def total_loss(model: keras.Model, loss_fn, y, y_pred):
     return losses[0] if len(losses) == 1 else ops.sum(losses)
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's wall time (fit's epoch, validation included) in ``seconds``."""
+
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
 
@@ -177,7 +185,7 @@ def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=
     """
     _require_compiled(model)
     x, y = train_data
-    timer = _EpochTimer()
+    timer = EpochTimer()
     if batch_orders is None:
         inputs = dict(x=x, y=y, batch_size=batch_size, shuffle=True)
     else:
@@ -195,6 +203,64 @@ def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=
             "seconds": timer.seconds}
 
 
+class TrainStep(NamedTuple):
+    """A training step ``step(x_batch, y_batch)`` and the History metrics it updates."""
+
+    step: Callable
+    loss_tracker: keras.metrics.Mean
+    accuracy: keras.metrics.Metric
+
+
+def _built_optimizer(model: keras.Model):
+    """The compiled optimizer with its variables created, as fit creates them before its first
+    step; created inside the first call of a tf.function instead, they make it trace twice."""
+    _require_compiled(model)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return model.optimizer
+
+
+def naive_train_step(model: keras.Model, y) -> TrainStep:
+    """The article's step: ``training`` unset, the per-sample loss vector differentiated."""
+    optimizer = _built_optimizer(model)
+    per_sample_loss = keras.losses.get(model.loss)
+    if isinstance(per_sample_loss, keras.losses.Loss):
+        per_sample_loss = per_sample_loss.call  # the unreduced per-sample values
+    loss_tracker = keras.metrics.Mean(name="loss")
+    accuracy = _accuracy_metric(y, model)
+
+    def train_step(x_batch, y_batch):
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch)
+            loss = per_sample_loss(y_batch, y_pred)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        loss_tracker.update_state(loss)
+        accuracy.update_state(y_batch, y_pred)
+
+    return TrainStep(train_step, loss_tracker, accuracy)
+
+
+def matched_train_step(model: keras.Model, y) -> TrainStep:
+    """fit's step (trainer.py:53-88): ``training=True``, batch-mean loss + model.losses, metrics
+    from the same forward pass, before the update."""
+    optimizer = _built_optimizer(model)
+    loss_fn = _batch_loss(model)
+    loss_tracker = keras.metrics.Mean(name="loss")
+    accuracy = _accuracy_metric(y, model)
+
+    def train_step(x_batch, y_batch):
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch, training=True)
+            loss = total_loss(model, loss_fn, y_batch, y_pred)
+        loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
+        accuracy.update_state(y_batch, y_pred)
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+
+    return TrainStep(train_step, loss_tracker, accuracy)
+
+
 def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
                 compiled=True):
     """The article's loop, ported to Keras 3 (the calls are the same; only imports changed).
@@ -207,25 +273,9 @@ def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbos
     Reported training loss/accuracy are running per-sample means over the epoch, like fit's, so the
     curves compare like with like; validation is the same inference pass as for the other loops.
     """
-    _require_compiled(model)
     x, y = train_data
-    optimizer = model.optimizer
-    per_sample_loss = keras.losses.get(model.loss)
-    if isinstance(per_sample_loss, keras.losses.Loss):
-        per_sample_loss = per_sample_loss.call  # the unreduced per-sample values
-    loss_tracker = keras.metrics.Mean(name="loss")
-    accuracy = _accuracy_metric(y, model)
+    train_step, loss_tracker, accuracy = naive_train_step(model, y)
     evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
-
-    def train_step(x_batch, y_batch):
-        with tf.GradientTape() as tape:
-            y_pred = model(x_batch)
-            loss = per_sample_loss(y_batch, y_pred)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        loss_tracker.update_state(loss)
-        accuracy.update_state(y_batch, y_pred)
-
     if compiled:
         train_step = tf.function(train_step)
     steps = len(x) // batch_size
@@ -277,31 +327,16 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
     - one ``tf.function`` step, traced once: the batch is gathered inside it from index tensors of
       unknown length, so the last partial batch does not retrace.
     """
-    _require_compiled(model)
     x, y = train_data
     num_samples = len(x)
     batch_orders = (epoch_orders(num_samples, epochs, seed) if batch_orders is None
                     else _check_orders(batch_orders, num_samples, epochs))
     x_all, y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    optimizer = model.optimizer
-    loss_fn = _batch_loss(model)
-    loss_tracker = keras.metrics.Mean(name="loss")
-    accuracy = _accuracy_metric(y, model)
-    evaluate = _Evaluator(model, loss_fn, *val_data, batch_size, compiled)
-    # Create the optimizer's variables now, as fit does before its first step; created inside the
-    # first call instead, they would make tf.function trace the step a second time.
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
+    batch_step, loss_tracker, accuracy = matched_train_step(model, y)
+    evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
 
     def train_step(indices):
-        x_batch, y_batch = tf.gather(x_all, indices), tf.gather(y_all, indices)
-        with tf.GradientTape() as tape:
-            y_pred = model(x_batch, training=True)
-            loss = total_loss(model, loss_fn, y_batch, y_pred)
-        loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
-        accuracy.update_state(y_batch, y_pred)
-        grads = tape.gradient(loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        batch_step(tf.gather(x_all, indices), tf.gather(y_all, indices))
 
     if compiled:
         train_step = tf.function(
