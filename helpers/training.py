@@ -279,6 +279,22 @@ def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbos
     if compiled:
         train_step = tf.function(train_step)
     steps = len(x) // batch_size
+
+    def batches(epoch):  # file order, the same every epoch
+        for i in range(steps):
+            yield x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]
+
+    return _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate,
+                       verbose)
+
+
+def _logs(loss_tracker, accuracy) -> list[tuple[str, float]]:
+    return [("loss", float(loss_tracker.result())), ("accuracy", float(accuracy.result()))]
+
+
+def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate, verbose):
+    """fit's epoch loop: reset the metrics, run ``train_step(*batch)`` for every batch that
+    ``batches(epoch)`` yields, validate, record History; with a fit-like progress bar."""
     history = _empty_history()
     for epoch in range(epochs):
         start_time = time.perf_counter()
@@ -287,31 +303,21 @@ def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbos
         if verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
         progbar = _progbar(steps, verbose)
-        for i in range(steps):
-            train_step(x[i * batch_size:(i + 1) * batch_size],
-                       y[i * batch_size:(i + 1) * batch_size])
+        for step, batch in enumerate(batches(epoch)):
+            train_step(*batch)
             if verbose == 1:
-                progbar.update(i + 1, _logs(loss_tracker, accuracy))
-        _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps,
-                      verbose)
+                progbar.update(step + 1, _logs(loss_tracker, accuracy))
+        val_loss, val_accuracy = evaluate()
+        history["loss"].append(float(loss_tracker.result()))
+        history["accuracy"].append(float(accuracy.result()))
+        history["val_loss"].append(val_loss)
+        history["val_accuracy"].append(val_accuracy)
+        history["seconds"].append(time.perf_counter() - start_time)
+        if verbose:
+            logs = [*_logs(loss_tracker, accuracy), ("val_loss", val_loss),
+                    ("val_accuracy", val_accuracy)]
+            progbar.update(steps, logs, finalize=True)
     return history
-
-
-def _logs(loss_tracker, accuracy) -> list[tuple[str, float]]:
-    return [("loss", float(loss_tracker.result())), ("accuracy", float(accuracy.result()))]
-
-
-def _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps, verbose):
-    val_loss, val_accuracy = evaluate()
-    history["loss"].append(float(loss_tracker.result()))
-    history["accuracy"].append(float(accuracy.result()))
-    history["val_loss"].append(val_loss)
-    history["val_accuracy"].append(val_accuracy)
-    history["seconds"].append(time.perf_counter() - start_time)
-    if verbose:
-        logs = [*_logs(loss_tracker, accuracy), ("val_loss", val_loss),
-                ("val_accuracy", val_accuracy)]
-        progbar.update(steps, logs, finalize=True)
 
 
 def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
@@ -343,21 +349,14 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
             train_step, input_signature=[tf.TensorSpec([None], tf.int64)]
         )
     steps = math.ceil(num_samples / batch_size)
-    history = _empty_history()
-    for epoch, order in enumerate(batch_orders):
-        start_time = time.perf_counter()
-        loss_tracker.reset_state()
-        accuracy.reset_state()
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}")
-        progbar = _progbar(steps, verbose)
-        order = tf.constant(order, dtype=tf.int64)
+
+    def batches(epoch):  # this epoch's permutation, partial batch last
+        order = tf.constant(batch_orders[epoch], dtype=tf.int64)
         for step in range(steps):
-            train_step(order[step * batch_size:(step + 1) * batch_size])
-            if verbose == 1:
-                progbar.update(step + 1, _logs(loss_tracker, accuracy))
-        _finish_epoch(history, loss_tracker, accuracy, evaluate, start_time, progbar, steps,
-                      verbose)
+            yield (order[step * batch_size:(step + 1) * batch_size],)
+
+    history = _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate,
+                          verbose)
     train_matched.last_step = train_step  # lets tests and notebook 05 inspect tracing
     return history
 
