@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from helpers.notebook_index import REPOSITORY
@@ -34,9 +35,16 @@ def test_setup_then_parameters_then_validation(path):
     tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     parameters = ast.parse(cells[tagged[0]].source)
+    names = set()
     for statement in parameters.body:
-        assert isinstance(statement, ast.Assign), "parameters cell holds only assignments"
+        assert isinstance(statement, ast.AnnAssign), "parameters are typed: `name: type = value`"
         ast.literal_eval(statement.value)  # papermill parameters are literals
+        names.add(statement.target.id)
+    # Every parameter must be visible to `papermill --help-notebook` (its parser skips a line
+    # with a second "=", e.g. in the comment, and then loses the next parameter too).
+    listed = papermill.inspect_notebook(str(path))
+    assert set(listed) == names
+    assert all(info["inferred_type_name"] != "None" and info["help"] for info in listed.values())
     assert "validate_parameters(" in cells[tagged[0] + 1].source
 
 
