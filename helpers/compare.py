@@ -103,8 +103,8 @@ def verdict(result: dict, labels: dict[str, str], alpha: float = 0.05) -> str:
     if result["p_value"] < alpha and not (result["ci_low"] <= 0 <= result["ci_high"]):
         direction = "higher" if result["mean_difference"] > 0 else "lower"
         return (f"{a} vs {b}, final {what}: distinguishable -- {a}'s is {direction} by "
-                f"{abs(result['mean_difference']):.4f} ({numbers}); {a} is {better} in "
-                f"{result['a_better_in']} of {result['folds']} folds.")
+                f"{abs(result['mean_difference']):.4f} ({numbers}); {a} has the {better} "
+                f"{what} in {result['a_better_in']} of {result['folds']} folds.")
     if result["smallest_possible_p"] >= alpha:
         return (f"{a} vs {b}, final {what}: cannot be distinguished with {result['folds']} "
                 f"folds -- the "
