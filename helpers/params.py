@@ -15,12 +15,12 @@ import math
 import os
 from collections.abc import Iterable
 
+from helpers.data import NUM_CLASSES
 from helpers.training import METHODS
 
 DATASETS = {"mnist": 60_000}  # name -> images in the pool that is cross-validated
 SMOKE_ENV = "TAPE_VS_FIT_SMOKE"
 SMOKE_LIMITS = {"folds": 2, "epochs": 2, "subset": 600}
-NUM_CLASSES = 10
 
 
 def _fail(name, value, allowed):
