@@ -30,6 +30,11 @@ Methods (`METHODS`):
 - ``matched_numpy``, ``matched_tfdata``: the same step under ``tf.function``, fed batches sliced
   from the NumPy arrays each step, or by a ``tf.data`` pipeline (``from_tensor_slices``,
   ``shuffle`` over all samples, ``batch``, ``prefetch``).
+- ``fit_spe``, ``matched_spe``: ``steps_per_execution`` set to the number of batches in an epoch
+  -- fit's ``compile`` option (read from ``model.steps_per_execution``), and
+  ``train_matched``'s option of the same name: one call of the compiled function trains the
+  whole epoch in a graph loop, so Python and the function call are paid once an epoch rather
+  than once a batch.
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
 epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
@@ -38,13 +43,15 @@ by the same factories the helpers' loops use (`naive_train_step`, `matched_train
 tests/test_benchmark.py checks that they reach the same weights as `train_naive` and
 `train_matched` given the same batches.
 
-FLOPs: `forward_flops` counts the multiply-adds of the convolutions and dense layers from the
+FLOPs: `layer_flops` counts the multiply-adds of the convolutions and dense layers from the
 layer shapes (conv: 2*H_out*W_out*k*k*C_in*C_out, dense: 2*in*out; bias, activations, pooling and
-dropout are left out), and a training step is taken as 3x the forward pass (the backward pass
-computes a gradient for the activations and one for the weights, each about as costly as the
-forward pass). Achieved GFLOP/s are compared with the speed of a large float32 ``tf.matmul``
-(`matmul_gflops`) timed after every epoch of the same run -- the median of those is the "peak":
-what this machine's cores reach on the friendliest kernel there is, under the same conditions.
+dropout are left out). A training step runs each of them three times -- forward, gradient with
+respect to the weights, gradient with respect to the layer's input -- except that the first
+layer's input gradient is never computed (its input is the data), so `training_flops_per_sample`
+is ``3 * forward - first layer``. Achieved GFLOP/s are compared with the speed of a large
+float32 ``tf.matmul`` (`matmul_gflops`) timed after every epoch of the same run -- the median of
+those is the "peak": what this machine's cores reach on the friendliest kernel there is, under the
+same conditions.
 """
 
 from __future__ import annotations
@@ -62,7 +69,12 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.model import create_cnn
-from helpers.training import EpochTimer, matched_train_step, naive_train_step
+from helpers.training import (
+    EpochTimer,
+    indexed_train_step,
+    matched_train_step,
+    naive_train_step,
+)
 
 REFERENCE = "fit_auto"
 
@@ -70,12 +82,14 @@ METHODS = {
     "fit_auto": 'model.fit, jit_compile="auto" (the default)',
     "fit_graph": "model.fit, jit_compile=False",
     "fit_xla": "model.fit, jit_compile=True (XLA)",
+    "fit_spe": "model.fit, steps_per_execution = one epoch",
     "naive_eager": "article's naive tape loop, eager",
     "matched_eager": "matched tape loop, eager",
     "matched_graph": "matched tape loop, tf.function (as the notebooks run it)",
     "matched_numpy": "matched step in tf.function, batches sliced from NumPy",
     "matched_tfdata": "matched step in tf.function, batches from tf.data",
     "matched_xla": "matched tape loop, tf.function(jit_compile=True) (XLA)",
+    "matched_spe": "matched tape loop, steps_per_execution = one epoch",
 }
 
 
@@ -83,24 +97,31 @@ METHODS = {
 # FLOPs and the machine's matmul speed
 
 
-def forward_flops(model: keras.Model) -> int:
-    """Floating-point operations of one sample's forward pass through the Conv2D and Dense layers
-    (a multiply-add counts as 2); other layers are ignored (they are a small fraction here)."""
-    total = 0
+def layer_flops(model: keras.Model) -> dict[str, int]:
+    """Floating-point operations of one sample's forward pass through each Conv2D and Dense layer
+    (a multiply-add counts as 2), by layer name, in model order; other layers are ignored (they
+    are a small fraction here)."""
+    flops = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             kh, kw, c_in, c_out = layer.kernel.shape
             _, h_out, w_out, _ = layer.output.shape
-            total += 2 * h_out * w_out * kh * kw * c_in * c_out
+            flops[layer.name] = 2 * h_out * w_out * kh * kw * c_in * c_out
         elif isinstance(layer, keras.layers.Dense):
             n_in, n_out = layer.kernel.shape
-            total += 2 * n_in * n_out
-    return int(total)
+            flops[layer.name] = 2 * n_in * n_out
+    return {name: int(value) for name, value in flops.items()}
+
+
+def forward_flops(model: keras.Model) -> int:
+    """FLOPs of one sample's forward pass (`layer_flops` summed)."""
+    return sum(layer_flops(model).values())
 
 
 def training_flops_per_sample(model: keras.Model) -> int:
-    """3x the forward FLOPs: forward + gradient w.r.t. activations + gradient w.r.t. weights."""
-    return 3 * forward_flops(model)
+    """Forward + weight gradients + input gradients; the first layer has no input gradient."""
+    per_layer = list(layer_flops(model).values())
+    return 3 * sum(per_layer) - per_layer[0]
 
 
 @functools.lru_cache(maxsize=2)
@@ -128,10 +149,12 @@ def matmul_gflops(size: int = 2048, runs: int = 1) -> list[float]:
 
 
 class _FitRunner:
-    def __init__(self, x, y, batch_size, seed, jit_compile):
+    def __init__(self, x, y, batch_size, seed, jit_compile, steps_per_execution=1):
         self.model = create_cnn(seed)  # compiled as the article does: jit_compile="auto"
         if jit_compile != "auto":
             self.model.jit_compile = jit_compile  # read when fit builds its train function
+        # Also read by fit, when it makes its train function and its epoch iterator.
+        self.model.steps_per_execution = steps_per_execution
         self.x, self.y, self.batch_size = x, y, batch_size
         self.samples_per_epoch = len(x)
         self.timer = EpochTimer()
@@ -172,9 +195,11 @@ class _MatchedRunner:
     - ``"tfdata"``: the batches come from a ``tf.data`` pipeline.
 
     `compile` is None (eager), "graph" (``tf.function``) or "xla" (``tf.function(jit_compile=
-    True)``). Compiled steps get an ``input_signature`` whose batch dimension is None, so the
-    partial last batch uses the same trace (tf.function docstring, "Input signatures": "This
-    ensures only one ConcreteFunction is created"); under XLA the compiled program is still
+    True)``). With ``steps_per_call`` > 1 (``"gather"`` feed only) each call trains that many
+    batches, as ``train_matched(..., steps_per_execution=steps_per_call)`` does. Compiled steps
+    get an ``input_signature`` whose batch dimension is None, so the partial last batch uses the
+    same trace (tf.function docstring, "Input signatures": "This ensures only one
+    ConcreteFunction is created"); under XLA the compiled program is still
     specialised to each concrete shape, so the partial batch costs one more XLA compilation
     during the warm-up epoch.
 
@@ -182,11 +207,13 @@ class _MatchedRunner:
     ``default_rng(seed)`` drawn once per epoch), so that it can be checked against train_matched.
     """
 
-    def __init__(self, x, y, batch_size, seed, feed="gather", compile="graph"):
+    def __init__(self, x, y, batch_size, seed, feed="gather", compile="graph", steps_per_call=1):
         if feed not in ("gather", "numpy", "tfdata"):
             raise ValueError(f"feed={feed!r}; use 'gather', 'numpy' or 'tfdata'")
         if compile not in (None, "graph", "xla"):
             raise ValueError(f"compile={compile!r}; use None, 'graph' or 'xla'")
+        if steps_per_call != 1 and feed != "gather":
+            raise ValueError("steps_per_call > 1 needs feed='gather'")
         self.model = create_cnn(seed)
         self.x, self.y, self.batch_size, self.feed = x, y, batch_size, feed
         self.samples_per_epoch = len(x)
@@ -196,12 +223,10 @@ class _MatchedRunner:
 
         x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
+        self.steps_per_call = steps_per_call
         if feed == "gather":
-            self.x_all, self.y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-
-            def step(indices):
-                batch_step(tf.gather(self.x_all, indices), tf.gather(self.y_all, indices))
-
+            step = indexed_train_step(batch_step, tf.convert_to_tensor(x), tf.convert_to_tensor(y),
+                                      batch_size, steps_per_call)
             signature = [tf.TensorSpec([None], tf.int64)]
         else:
             step, signature = batch_step, [x_spec, y_spec]
@@ -229,8 +254,9 @@ class _MatchedRunner:
             order = self.rng.permutation(self.samples_per_epoch)
             if self.feed == "gather":
                 order = tf.constant(order, dtype=tf.int64)
-                for i in range(self.steps):
-                    self.step(order[i * size:(i + 1) * size])
+                per_call = size * self.steps_per_call
+                for start in range(0, self.samples_per_epoch, per_call):
+                    self.step(order[start:start + per_call])
             else:
                 for i in range(self.steps):
                     idx = order[i * size:(i + 1) * size]
@@ -242,16 +268,20 @@ class _MatchedRunner:
 def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
     """A fresh model for `method` and an object whose ``run_epoch()`` trains it for one epoch and
     returns the seconds that took; ``samples_per_epoch`` is how many samples an epoch trains."""
+    steps_per_epoch = math.ceil(len(x) / batch_size)
     builders: dict[str, Callable] = {
         "fit_auto": lambda: _FitRunner(x, y, batch_size, seed, "auto"),
         "fit_graph": lambda: _FitRunner(x, y, batch_size, seed, False),
         "fit_xla": lambda: _FitRunner(x, y, batch_size, seed, True),
+        "fit_spe": lambda: _FitRunner(x, y, batch_size, seed, "auto", steps_per_epoch),
         "naive_eager": lambda: _NaiveRunner(x, y, batch_size, seed),
         "matched_eager": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", None),
         "matched_graph": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph"),
         "matched_numpy": lambda: _MatchedRunner(x, y, batch_size, seed, "numpy", "graph"),
         "matched_tfdata": lambda: _MatchedRunner(x, y, batch_size, seed, "tfdata", "graph"),
         "matched_xla": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "xla"),
+        "matched_spe": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph",
+                                              steps_per_epoch),
     }
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -378,5 +408,6 @@ def format_table(summary: pd.DataFrame) -> str:
     peak = summary["peak_gflops"].iloc[0]
     flops = summary["train_flops_per_sample"].iloc[0]
     lines.append(f"peak: median float32 matmul speed {peak:.1f} GFLOP/s on this machine; "
-                 f"training FLOPs per sample: {flops / 1e6:.2f} M (3 x forward, analytic)")
+                 f"training FLOPs per sample: {flops / 1e6:.2f} M (analytic: forward + "
+                 "gradients)")
     return "\n".join(lines)

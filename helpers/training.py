@@ -261,6 +261,23 @@ def matched_train_step(model: keras.Model, y) -> TrainStep:
     return TrainStep(train_step, loss_tracker, accuracy)
 
 
+def indexed_train_step(batch_step, x_all, y_all, batch_size: int, steps_per_execution: int = 1):
+    """A step that takes sample *indices* and gathers its batch from the tensors `x_all`, `y_all`
+    -- so every batch, the partial one too, is an int64 vector of unknown length and one
+    ``tf.function`` trace serves them all. With `steps_per_execution` > 1 it takes the indices
+    of that many consecutive batches and trains them one after another in a loop (a graph
+    ``while`` loop under tf.function)."""
+    if steps_per_execution == 1:
+        def train_step(indices):
+            batch_step(tf.gather(x_all, indices), tf.gather(y_all, indices))
+    else:
+        def train_step(indices):
+            for start in tf.range(0, tf.size(indices, out_type=tf.int64), batch_size):
+                batch = indices[start:start + batch_size]
+                batch_step(tf.gather(x_all, batch), tf.gather(y_all, batch))
+    return train_step
+
+
 def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
                 compiled=True):
     """The article's loop, ported to Keras 3 (the calls are the same; only imports changed).
@@ -292,9 +309,11 @@ def _logs(loss_tracker, accuracy) -> list[tuple[str, float]]:
     return [("loss", float(loss_tracker.result())), ("accuracy", float(accuracy.result()))]
 
 
-def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate, verbose):
-    """fit's epoch loop: reset the metrics, run ``train_step(*batch)`` for every batch that
-    ``batches(epoch)`` yields, validate, record History; with a fit-like progress bar."""
+def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate, verbose,
+                steps_per_call=1):
+    """fit's epoch loop: reset the metrics, run ``train_step(*batch)`` for every batch (or group
+    of `steps_per_call` batches) that ``batches(epoch)`` yields, validate, record History; with a
+    fit-like progress bar."""
     history = _empty_history()
     for epoch in range(epochs):
         start_time = time.perf_counter()
@@ -303,10 +322,11 @@ def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, eval
         if verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
         progbar = _progbar(steps, verbose)
-        for step, batch in enumerate(batches(epoch)):
+        for call, batch in enumerate(batches(epoch)):
             train_step(*batch)
             if verbose == 1:
-                progbar.update(step + 1, _logs(loss_tracker, accuracy))
+                progbar.update(min((call + 1) * steps_per_call, steps),
+                               _logs(loss_tracker, accuracy))
         val_loss, val_accuracy = evaluate()
         history["loss"].append(float(loss_tracker.result()))
         history["accuracy"].append(float(accuracy.result()))
@@ -321,7 +341,7 @@ def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, eval
 
 
 def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
-                  batch_orders=None, compiled=True):
+                  batch_orders=None, compiled=True, steps_per_execution=1):
     """A GradientTape loop that does what fit does (see the module docstring for where):
 
     - a new permutation of all samples every epoch (from `seed`, or exactly `batch_orders`);
@@ -332,7 +352,15 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
       epoch; validation in inference mode;
     - one ``tf.function`` step, traced once: the batch is gathered inside it from index tensors of
       unknown length, so the last partial batch does not retrace.
+
+    `steps_per_execution` > 1 is fit's option of the same name (``compile(steps_per_execution=
+    ...)``): each call of the compiled function trains that many batches in a graph loop, so
+    Python and the function call are paid once per group instead of once per batch (notebook 05
+    measures what that saves). The batches, their order and the arithmetic are the same, and so
+    are History and weights (tests/test_training.py); the progress bar moves once per group.
     """
+    if steps_per_execution < 1:
+        raise ValueError(f"steps_per_execution={steps_per_execution}; it must be >= 1")
     x, y = train_data
     num_samples = len(x)
     batch_orders = (epoch_orders(num_samples, epochs, seed) if batch_orders is None
@@ -341,22 +369,21 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
     batch_step, loss_tracker, accuracy = matched_train_step(model, y)
     evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
 
-    def train_step(indices):
-        batch_step(tf.gather(x_all, indices), tf.gather(y_all, indices))
-
+    train_step = indexed_train_step(batch_step, x_all, y_all, batch_size, steps_per_execution)
     if compiled:
         train_step = tf.function(
             train_step, input_signature=[tf.TensorSpec([None], tf.int64)]
         )
     steps = math.ceil(num_samples / batch_size)
+    indices_per_call = steps_per_execution * batch_size
 
     def batches(epoch):  # this epoch's permutation, partial batch last
         order = tf.constant(batch_orders[epoch], dtype=tf.int64)
-        for step in range(steps):
-            yield (order[step * batch_size:(step + 1) * batch_size],)
+        for start in range(0, num_samples, indices_per_call):
+            yield (order[start:start + indices_per_call],)
 
     history = _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate,
-                          verbose)
+                          verbose, steps_per_execution)
     train_matched.last_step = train_step  # lets tests and notebook 05 inspect tracing
     return history
 

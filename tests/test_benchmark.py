@@ -57,10 +57,12 @@ def test_benchmark_always_measures_the_reference():
 
 def test_flop_count_of_the_article_cnn():
     # conv 26x26x(3*3*1)x32, conv 11x11x(3*3*32)x64, dense 1600x10; a multiply-add is 2 FLOPs
-    expected = 2 * (26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 1600 * 10)
+    first_conv = 2 * 26 * 26 * 9 * 32
+    expected = first_conv + 2 * (11 * 11 * 9 * 32 * 64 + 1600 * 10)
     model = create_cnn(0)
     assert speed.forward_flops(model) == expected
-    assert speed.training_flops_per_sample(model) == 3 * expected
+    # forward, weight gradients, input gradients -- but none for the first layer's input
+    assert speed.training_flops_per_sample(model) == 3 * expected - first_conv
 
 
 def _weights_equal(a, b):
@@ -82,6 +84,13 @@ def test_benchmark_loops_are_the_helpers_loops(mnist_130):
     train_matched(reference, train, val, epochs=1, batch_size=64, seed=3, compiled=False)
     assert _weights_equal(matched.model, reference)
 
+    # a whole epoch per call (3 batches, the partial one last) against train_matched's default
+    grouped = speed.make_runner("matched_spe", *train, batch_size=64, seed=3)
+    grouped.run_epoch()
+    reference = create_cnn(3)
+    train_matched(reference, train, val, epochs=1, batch_size=64, seed=3)
+    assert _weights_equal(grouped.model, reference)
+
 
 def test_compiled_matched_step_is_traced_once(mnist_130):
     """Two epochs with a partial last batch (130 = 64 + 64 + 2): one trace. The step takes index
@@ -96,7 +105,7 @@ def test_compiled_matched_step_is_traced_once(mnist_130):
 
 def test_benchmark_steps_are_traced_once(mnist_130):
     train, _ = mnist_130
-    for method in ("matched_graph", "matched_numpy", "matched_tfdata"):
+    for method in ("matched_graph", "matched_numpy", "matched_tfdata", "matched_spe"):
         runner = speed.make_runner(method, *train, batch_size=64, seed=0)
         runner.run_epoch()
         runner.run_epoch()

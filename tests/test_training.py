@@ -95,6 +95,9 @@ def cnn(small_split):
     return Cache({
         "fit": lambda bs: run(train_fit, make, small_split, bs, batch_orders=orders()),
         "matched": lambda bs: run(train_matched, make, small_split, bs, batch_orders=orders()),
+        # 13 batches of 50 per epoch, 5 per call: calls of 5, 5 and 3 (the partial batch last)
+        "grouped": lambda bs: run(train_matched, make, small_split, bs, batch_orders=orders(),
+                                  steps_per_execution=5),
         "eager": lambda bs: run(train_matched, make, small_split, bs, batch_orders=orders(),
                                 compiled=False),
         "naive": lambda bs: run(train_naive, make, small_split, bs),
@@ -128,6 +131,21 @@ def test_dropout_seed_state_is_identical_and_advanced(cnn, batch_size):
     np.testing.assert_array_equal(fit.variables[index], matched.variables[index])
     # Dropout ran in training mode: its seed generator moved on.
     assert not np.array_equal(fit.initial[index], fit.variables[index])
+
+
+def test_steps_per_execution_changes_nothing_but_the_calls(cnn):
+    fit, grouped = cnn["fit", 50], cnn["grouped", 50]
+    assert max_history_difference(fit.history, grouped.history) == 0.0
+    assert max_difference(fit.variables, grouped.variables) == 0.0
+    assert max_difference(fit.optimizer_variables, grouped.optimizer_variables) == 0.0
+    assert grouped.iterations == fit.iterations == EPOCHS * 13
+    assert grouped.tracing_count == 1  # the group with the partial batch reuses the trace
+
+
+def test_steps_per_execution_below_one_is_refused(small_split):
+    with pytest.raises(ValueError, match="steps_per_execution=0"):
+        train_matched(create_cnn(0), *small_split, epochs=1, batch_size=64, seed=0,
+                      steps_per_execution=0)
 
 
 def test_eager_matched_loop_is_float_close_to_fit(cnn):
