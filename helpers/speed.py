@@ -255,8 +255,8 @@ class _MatchedRunner:
             if self.feed == "gather":
                 order = tf.constant(order, dtype=tf.int64)
                 per_call = size * self.steps_per_call
-                for start in range(0, self.samples_per_epoch, per_call):
-                    self.step(order[start:start + per_call])
+                for first in range(0, self.samples_per_epoch, per_call):
+                    self.step(order[first:first + per_call])
             else:
                 for i in range(self.steps):
                     idx = order[i * size:(i + 1) * size]

@@ -1,0 +1,132 @@
+"""Where a training epoch's time goes, op by op: model.fit() against the tape loops.
+
+Each method trains its own copy of the article's CNN for warm-up epochs, then one epoch under
+TensorFlow's profiler; the trace is read back (helpers/profiling.py) and the epoch's wall time is
+split into op categories -- convolutions forward / weight gradient / input gradient, pooling,
+dropout, optimizer, ... -- plus *idle* time when no op runs (Python, function calls, the
+executor between ops). The FLOP categories are compared with a float32 matmul measured right after
+each profiled epoch, and three utilizations are printed: as run, without the idle time, and with
+only the FLOP kernels left (the ceiling for any loop that runs these kernels).
+
+    python benchmarks/op_profile.py                     # fit, matched loop, matched loop per epoch
+    python benchmarks/op_profile.py --methods fit_auto fit_spe matched_graph matched_spe
+    python benchmarks/op_profile.py --quick              # seconds-long smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CSV = REPO / "output" / "benchmarks" / "op_profile.csv"
+DEFAULT_METHODS = ["fit_auto", "matched_graph", "matched_spe"]
+QUICK = {"samples": 200, "warmup": 1, "peak_size": 1024}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from helpers.speed import METHODS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--samples", type=int, default=12800,
+                        help="MNIST training images used (a stratified subset)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="epochs per method run before the profiled one")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
+                        metavar="METHOD", help="any of: " + ", ".join(METHODS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="matrix size of the float32 matmul that measures the peak")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV,
+                        help="the category table; the per-op table goes beside it, *_ops.csv")
+    parser.add_argument("--logdir", type=Path, default=None,
+                        help="keep each method's trace here, in a subdirectory per method "
+                             "(open with TensorBoard's profile plugin)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny configuration for CI: " + ", ".join(
+                            f"{k}={v}" for k, v in QUICK.items()) + " (overrides those options)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    for name in ("samples", "batch_size", "peak_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first epoch holds tracing)")
+    if args.samples < 20 or args.samples > 60000:
+        parser.error("--samples must be from 20 to 60000 (MNIST's training images)")
+    return args
+
+
+def main(argv=None):
+    """Profile every method; print its table, write the CSVs, return the category table."""
+    args = parse_args(argv)
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    from helpers.data import load_mnist
+    from helpers.profiling import profile_epoch, utilization_bounds
+    from helpers.speed import METHODS, make_runner, matmul_gflops
+
+    x, y = load_mnist("train", subset=args.samples, seed=args.seed)
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
+          f"{len(x)} samples, batch size {args.batch_size}, {args.warmup} warm-up epoch(s), then "
+          f"one profiled epoch per method", flush=True)
+    categories, ops = [], []
+    for method in dict.fromkeys(args.methods):
+        runner = make_runner(method, x, y, batch_size=args.batch_size, seed=args.seed)
+        for _ in range(args.warmup):
+            runner.run_epoch()
+        logdir = args.logdir / method if args.logdir is not None else None
+        profile = profile_epoch(runner, logdir)
+        peak = statistics.median(matmul_gflops(args.peak_size, 3))
+        bounds = utilization_bounds(profile, peak)
+        table = profile.categories.assign(
+            method=method, peak_gflops=peak, wall_ms_per_step=profile.wall_ms_per_step,
+            samples_per_s=profile.samples / profile.wall_seconds,
+            **{f"utilization_{name}_pct": 100 * value for name, value in bounds.items()},
+        )
+        categories.append(table)
+        ops.append(profile.ops.assign(method=method))
+
+        print(f"\n{method}: {METHODS[method]}")
+        print(f"  {profile.wall_ms_per_step:.2f} ms per step of {args.batch_size} "
+              f"({table['samples_per_s'].iloc[0]:.0f} samples/s while profiled); "
+              f"matmul peak {peak:.0f} GFLOP/s")
+        for row in table.itertuples():
+            print(f"  {row.category:<31} {row.ms_per_step:6.3f} ms "
+                  f"{100 * row.share_of_wall:5.1f}%")
+        print(f"  utilization of the matmul peak: {100 * bounds['as_run']:.1f}% as run, "
+              f"{100 * bounds['without_idle']:.1f}% without the idle time, "
+              f"{100 * bounds['flop_kernels_only']:.1f}% with only the conv and dense kernels",
+              flush=True)
+
+    stamp = dict(
+        samples=len(x), batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
+        peak_size=args.peak_size, tensorflow=tf.__version__, keras=keras.__version__,
+        cpu_count=os.cpu_count(), machine=platform.machine(), quick=args.quick,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    result = pd.concat(categories, ignore_index=True).assign(**stamp)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(args.csv, index=False)
+    ops_csv = args.csv.with_name(args.csv.stem + "_ops.csv")
+    pd.concat(ops, ignore_index=True).assign(**stamp).to_csv(ops_csv, index=False)
+    print(f"\nwrote {args.csv} and {ops_csv}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # helpers importable even without `pip install -e .`
+    main()
