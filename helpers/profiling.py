@@ -108,11 +108,15 @@ def category_flops(model: keras.Model) -> dict[str, int]:
     return flops
 
 
+OP_EVENT = re.compile(r"(?P<op>[^\s:]+):(?P<kernel>[A-Za-z_]\w*)")
+
+
 def read_op_events(trace_file: str | Path) -> pd.DataFrame:
     """Every op kernel execution in an ``.xplane.pb`` trace: node name, kernel, start and end (in
     picoseconds, one clock for all threads) and thread. TensorFlow names these trace events
-    ``"<node name>:<kernel>"``; the profiler's own events (``ExecutorState::Process``,
-    ``ThreadpoolListener::...``) and the Python-side ones carry no such pair and are skipped."""
+    ``"<node name>:<kernel>"``, with no spaces; the profiler's own events
+    (``ExecutorState::Process``) and the Python side's (``EagerLocalExecute: <function>``, which
+    spans a whole call) do not match that and are skipped."""
     space = xplane_pb2.XSpace()
     space.ParseFromString(Path(trace_file).read_bytes())
     rows = []
@@ -120,16 +124,14 @@ def read_op_events(trace_file: str | Path) -> pd.DataFrame:
         if not plane.name.startswith("/host:CPU"):
             continue
         for line in plane.lines:
-            if line.name == "python":
-                continue
             base = line.timestamp_ns * 1000
             for event in line.events:
-                label = plane.event_metadata[event.metadata_id].name
-                if ":" not in label or "::" in label:
+                match = OP_EVENT.fullmatch(plane.event_metadata[event.metadata_id].name)
+                if match is None:
                     continue
-                name, kind = label.rsplit(":", 1)
                 start = base + event.offset_ps
-                rows.append((name, kind, start, start + event.duration_ps, line.name))
+                rows.append((match["op"], match["kernel"], start, start + event.duration_ps,
+                             line.name))
     return pd.DataFrame(rows, columns=["op", "kernel", "start_ps", "end_ps", "thread"])
 
 

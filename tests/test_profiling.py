@@ -37,6 +37,19 @@ def test_nested_and_identical_intervals():
     assert busy == 12
 
 
+@pytest.mark.parametrize("label, is_op", [
+    ("article_cnn_1/conv2d_1/Relu:_MklNativeFusedConv2D", True),
+    ("GatherV2:GatherV2", True),
+    ("ExecutorState::Process", False),
+    ("ThreadpoolListener::StartRegion", False),
+    # the Python side's span of a whole function call (seen on the caller's thread in Jupyter)
+    ("EagerLocalExecute: __inference_train_step_669", False),
+    ("EagerKernelExecute", False),
+])
+def test_only_op_kernel_events_are_read(label, is_op):
+    assert (profiling.OP_EVENT.fullmatch(label) is not None) == is_op
+
+
 @pytest.mark.parametrize("name, kind, category", [
     ("gradient_tape/article_cnn_1/conv2d_1_2/convolution/Conv2DBackpropFilter",
      "_MklNativeConv2DBackpropFilterWithBias", "conv weight gradient"),
