@@ -1,7 +1,8 @@
 """Where a training epoch's time goes, op by op: model.fit() against the tape loops.
 
-Each method trains its own copy of the article's CNN for warm-up epochs, then one epoch under
-TensorFlow's profiler; the trace is read back (helpers/profiling.py) and the epoch's wall time is
+Each method trains its own copy of the article's CNN for warm-up epochs, then epochs under
+TensorFlow's profiler, the methods taking turns (`--rounds` each; the median epoch by wall time is
+kept); the trace is read back (helpers/profiling.py) and the epoch's wall time is
 split into op categories -- convolutions forward / weight gradient / input gradient, pooling,
 dropout, optimizer, ... -- plus *idle* time when no op runs (Python, function calls, the
 executor between ops). The FLOP categories are compared with a float32 matmul measured right after
@@ -26,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO / "output" / "benchmarks" / "op_profile.csv"
 DEFAULT_METHODS = ["fit_auto", "matched_graph", "matched_spe"]
-QUICK = {"samples": 200, "warmup": 1, "peak_size": 1024}
+QUICK = {"samples": 200, "warmup": 1, "rounds": 1, "peak_size": 1024}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="MNIST training images used (a stratified subset)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=2,
-                        help="epochs per method run before the profiled one")
+                        help="epochs per method run before the profiled ones")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="profiled epochs per method, taking turns; the median one is kept")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
                         metavar="METHOD", help="any of: " + ", ".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
@@ -48,9 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="matrix size of the float32 matmul that measures the peak")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV,
                         help="the category table; the per-op table goes beside it, *_ops.csv")
-    parser.add_argument("--logdir", type=Path, default=None,
-                        help="keep each method's trace here, in a subdirectory per method "
-                             "(open with TensorBoard's profile plugin)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny configuration for CI: " + ", ".join(
                             f"{k}={v}" for k, v in QUICK.items()) + " (overrides those options)")
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    for name in ("samples", "batch_size", "peak_size"):
+    for name in ("samples", "batch_size", "rounds", "peak_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 1:
@@ -76,21 +76,22 @@ def main(argv=None):
     import tensorflow as tf
 
     from helpers.data import load_mnist
-    from helpers.profiling import profile_epoch, utilization_bounds
+    from helpers.profiling import profile_rounds, utilization_bounds
     from helpers.speed import METHODS, make_runner, matmul_gflops
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
           f"{len(x)} samples, batch size {args.batch_size}, {args.warmup} warm-up epoch(s), then "
-          f"one profiled epoch per method", flush=True)
-    categories, ops = [], []
+          f"{args.rounds} profiled epoch(s) per method, taking turns", flush=True)
+    runners = {}
     for method in dict.fromkeys(args.methods):
-        runner = make_runner(method, x, y, batch_size=args.batch_size, seed=args.seed)
+        runners[method] = make_runner(method, x, y, batch_size=args.batch_size, seed=args.seed)
         for _ in range(args.warmup):
-            runner.run_epoch()
-        logdir = args.logdir / method if args.logdir is not None else None
-        profile = profile_epoch(runner, logdir)
-        peak = statistics.median(matmul_gflops(args.peak_size, 3))
+            runners[method].run_epoch()
+    profiles = profile_rounds(runners, args.rounds)
+    peak = statistics.median(matmul_gflops(args.peak_size, 5))
+    categories, ops = [], []
+    for method, profile in profiles.items():
         bounds = utilization_bounds(profile, peak)
         table = profile.categories.assign(
             method=method, peak_gflops=peak, wall_ms_per_step=profile.wall_ms_per_step,
@@ -102,7 +103,7 @@ def main(argv=None):
 
         print(f"\n{method}: {METHODS[method]}")
         print(f"  {profile.wall_ms_per_step:.2f} ms per step of {args.batch_size} "
-              f"({table['samples_per_s'].iloc[0]:.0f} samples/s while profiled); "
+              f"({table['samples_per_s'].iloc[0]:.0f} samples/s while profiled, median epoch); "
               f"matmul peak {peak:.0f} GFLOP/s")
         for row in table.itertuples():
             print(f"  {row.category:<31} {row.ms_per_step:6.3f} ms "
@@ -113,7 +114,8 @@ def main(argv=None):
               flush=True)
 
     stamp = dict(
-        samples=len(x), batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
+        samples=len(x), batch_size=args.batch_size, warmup=args.warmup, rounds=args.rounds,
+        seed=args.seed,
         peak_size=args.peak_size, tensorflow=tf.__version__, keras=keras.__version__,
         cpu_count=os.cpu_count(), machine=platform.machine(), quick=args.quick,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -201,6 +201,23 @@ def profile_epoch(runner, logdir: str | Path | None = None) -> EpochProfile:
     return summarize_events(events, runner, seconds)
 
 
+def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
+    """Profile `rounds` epochs of every runner (warmed up beforehand), the runners taking turns
+    as in `helpers.speed.measure` (order rotated each round), and keep for each the profile of
+    its median epoch by wall time -- a whole epoch as it ran, not a mix of categories from
+    different epochs. One epoch alone can land on a slow moment of the machine."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}; need at least 1")
+    names = list(runners)
+    profiles: dict[str, list[EpochProfile]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            profiles[name].append(profile_epoch(runners[name]))
+    return {name: sorted(found, key=lambda p: p.wall_seconds)[(len(found) - 1) // 2]
+            for name, found in profiles.items()}
+
+
 def summarize_events(events: pd.DataFrame, runner, seconds: float) -> EpochProfile:
     model = runner.model
     batch_size = runner.batch_size

@@ -128,3 +128,23 @@ def test_quick_op_profile_writes_both_tables(tmp_path):
     ops = pd.read_csv(tmp_path / "op_profile_ops.csv")
     assert set(ops["method"]) == {"fit_auto", "matched_spe"}
     assert (ops["ms_per_step"] >= 0).all()
+
+
+def test_profile_rounds_take_turns_and_keep_the_median_epoch(monkeypatch):
+    calls = []
+    walls = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    class Profile:
+        def __init__(self, wall_seconds):
+            self.wall_seconds = wall_seconds
+
+    def fake_profile_epoch(runner):
+        calls.append(runner)
+        return Profile(next(walls[runner]))
+
+    monkeypatch.setattr(profiling, "profile_epoch", fake_profile_epoch)
+    kept = profiling.profile_rounds({"a": "a", "b": "b"}, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # the order rotates every round
+    assert kept["a"].wall_seconds == 2.0 and kept["b"].wall_seconds == 5.0
+    with pytest.raises(ValueError, match="rounds=0"):
+        profiling.profile_rounds({"a": "a"}, rounds=0)
