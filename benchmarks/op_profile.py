@@ -11,6 +11,7 @@ only the FLOP kernels left (the ceiling for any loop that runs these kernels).
 
     python benchmarks/op_profile.py                     # fit, matched loop, matched loop per epoch
     python benchmarks/op_profile.py --methods fit_auto fit_spe matched_graph matched_spe
+    python benchmarks/op_profile.py --threads 1 --csv output/benchmarks/op_profile_1thread.csv
     python benchmarks/op_profile.py --quick              # seconds-long smoke run (CI)
 """
 
@@ -46,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="profiled epochs per method, taking turns; the median one is kept")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
                         metavar="METHOD", help="any of: " + ", ".join(METHODS))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of TensorFlow's intra-op and inter-op pools (0: "
+                             "TensorFlow's choice, every core); the matmul peak is measured "
+                             "with the same threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-size", type=int, default=2048,
                         help="matrix size of the float32 matmul that measures the peak")
@@ -61,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("samples", "batch_size", "rounds", "peak_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first epoch holds tracing)")
     if args.samples < 20 or args.samples > 60000:
@@ -74,6 +81,10 @@ def main(argv=None):
     import keras
     import pandas as pd
     import tensorflow as tf
+
+    if args.threads:  # before TensorFlow's runtime starts, i.e. before the first op
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from helpers.data import load_mnist
     from helpers.profiling import profile_rounds, utilization_bounds
@@ -115,7 +126,7 @@ def main(argv=None):
 
     stamp = dict(
         samples=len(x), batch_size=args.batch_size, warmup=args.warmup, rounds=args.rounds,
-        seed=args.seed,
+        threads=tf.config.threading.get_intra_op_parallelism_threads(), seed=args.seed,
         peak_size=args.peak_size, tensorflow=tf.__version__, keras=keras.__version__,
         cpu_count=os.cpu_count(), machine=platform.machine(), quick=args.quick,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -148,3 +150,14 @@ def test_profile_rounds_take_turns_and_keep_the_median_epoch(monkeypatch):
     assert kept["a"].wall_seconds == 2.0 and kept["b"].wall_seconds == 5.0
     with pytest.raises(ValueError, match="rounds=0"):
         profiling.profile_rounds({"a": "a"}, rounds=0)
+
+
+def test_op_profile_with_one_thread_runs_as_a_script(tmp_path):
+    """--threads must act before TensorFlow starts, so it is tested in a fresh process."""
+    csv = tmp_path / "one_thread.csv"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "op_profile.py"), "--quick",
+                    "--threads", "1", "--methods", "matched_graph", "--csv", str(csv)],
+                   check=True, capture_output=True, timeout=300)
+    table = pd.read_csv(csv)
+    assert (table["threads"] == 1).all()
+    assert set(table["method"]) == {"matched_graph"}
