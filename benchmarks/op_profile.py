@@ -2,12 +2,13 @@
 
 Each method trains its own copy of the article's CNN for warm-up epochs, then epochs under
 TensorFlow's profiler, the methods taking turns (`--rounds` each; the median epoch by wall time is
-kept); the trace is read back (helpers/profiling.py) and the epoch's wall time is
-split into op categories -- convolutions forward / weight gradient / input gradient, pooling,
-dropout, optimizer, ... -- plus *idle* time when no op runs (Python, function calls, the
-executor between ops). The FLOP categories are compared with a float32 matmul measured right after
-each profiled epoch, and three utilizations are printed: as run, without the idle time, and with
-only the FLOP kernels left (the ceiling for any loop that runs these kernels).
+kept); the trace is read back (helpers/profiling.py) and the epoch's wall time is split into op
+categories -- convolutions forward / weight gradient / input gradient, pooling, dropout,
+optimizer, ... -- plus *idle* time when no op runs (Python, function calls, the executor between
+ops). The FLOP kernels are compared with a float32 matmul measured after the profiles, and three
+utilizations are printed: as run, without the idle time, and with only the FLOP kernels left (the
+ceiling for any loop that runs these kernels). The category table goes to --csv, the per-op
+table beside it (``*_ops.csv``).
 
     python benchmarks/op_profile.py                     # fit, matched loop, matched loop per epoch
     python benchmarks/op_profile.py --methods fit_auto fit_spe matched_graph matched_spe
@@ -18,9 +19,7 @@ only the FLOP kernels left (the ceiling for any loop that runs these kernels).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -32,15 +31,10 @@ QUICK = {"samples": 200, "warmup": 1, "rounds": 1, "peak_size": 1024}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from helpers.benchmark_args import benchmark_parser, parse_benchmark_args
     from helpers.speed import METHODS
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--samples", type=int, default=12800,
-                        help="MNIST training images used (a stratified subset)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--warmup", type=int, default=2,
                         help="epochs per method run before the profiled ones")
     parser.add_argument("--rounds", type=int, default=3,
@@ -51,27 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="threads of TensorFlow's intra-op and inter-op pools (0: "
                              "TensorFlow's choice, every core); the matmul peak is measured "
                              "with the same threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peak-size", type=int, default=2048,
-                        help="matrix size of the float32 matmul that measures the peak")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV,
-                        help="the category table; the per-op table goes beside it, *_ops.csv")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny configuration for CI: " + ", ".join(
-                            f"{k}={v}" for k, v in QUICK.items()) + " (overrides those options)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    for name in ("samples", "batch_size", "rounds", "peak_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    args = parse_benchmark_args(parser, argv, QUICK, ("rounds",))
     if args.threads < 0:
         parser.error("--threads must be >= 0")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first epoch holds tracing)")
-    if args.samples < 20 or args.samples > 60000:
-        parser.error("--samples must be from 20 to 60000 (MNIST's training images)")
     return args
 
 
@@ -86,6 +64,7 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
+    from helpers.benchmark_args import run_stamp
     from helpers.data import load_mnist
     from helpers.profiling import profile_rounds, utilization_bounds
     from helpers.speed import METHODS, make_runner, matmul_gflops
@@ -124,13 +103,8 @@ def main(argv=None):
               f"{100 * bounds['flop_kernels_only']:.1f}% with only the conv and dense kernels",
               flush=True)
 
-    stamp = dict(
-        samples=len(x), batch_size=args.batch_size, warmup=args.warmup, rounds=args.rounds,
-        threads=tf.config.threading.get_intra_op_parallelism_threads(), seed=args.seed,
-        peak_size=args.peak_size, tensorflow=tf.__version__, keras=keras.__version__,
-        cpu_count=os.cpu_count(), machine=platform.machine(), quick=args.quick,
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
+    stamp = run_stamp(args, warmup=args.warmup, rounds=args.rounds,
+                      threads=tf.config.threading.get_intra_op_parallelism_threads())
     result = pd.concat(categories, ignore_index=True).assign(**stamp)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     result.to_csv(args.csv, index=False)

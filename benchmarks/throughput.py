@@ -16,7 +16,6 @@ See helpers/speed.py for the details.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import sys
@@ -28,15 +27,10 @@ QUICK = {"samples": 128, "epochs": 2, "warmup": 1, "repeats": 1, "peak_size": 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from helpers.benchmark_args import benchmark_parser, parse_benchmark_args
     from helpers.speed import METHODS
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--samples", type=int, default=12800,
-                        help="MNIST training images used (a stratified subset)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--epochs", type=int, default=5,
                         help="measured epochs per method, after the warm-up")
     parser.add_argument("--warmup", type=int, default=1,
@@ -48,26 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar="METHOD",
                         help="subset of: " + ", ".join(METHODS) + " (default all; fit_auto is "
                              "always added, as the reference)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peak-size", type=int, default=2048,
-                        help="matrix size of the float32 matmul that measures the peak")
     parser.add_argument("--peak-runs", type=int, default=1,
                         help="matmuls timed after every epoch of every method")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="where to write the table")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny configuration for CI: " + ", ".join(
-                            f"{k}={v}" for k, v in QUICK.items()) + " (overrides those options)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    for name in ("samples", "batch_size", "epochs", "repeats", "peak_size", "peak_runs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    args = parse_benchmark_args(parser, argv, QUICK, ("epochs", "repeats", "peak_runs"))
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
-    if args.samples < 20 or args.samples > 60000:
-        parser.error("--samples must be from 20 to 60000 (MNIST's training images)")
     return args
 
 
@@ -77,6 +56,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
+    from helpers.benchmark_args import run_stamp
     from helpers.data import load_mnist
     from helpers.speed import format_table, measure, summarize
 
@@ -93,13 +73,8 @@ def main(argv=None):
     summary = summarize(measurement)
     print()
     print(format_table(summary))
-    table = summary.assign(
-        samples=len(x), batch_size=args.batch_size, epochs=args.epochs, warmup=args.warmup,
-        repeats=args.repeats, seed=args.seed, peak_size=args.peak_size,
-        tensorflow=tf.__version__, keras=keras.__version__, cpu_count=os.cpu_count(),
-        machine=platform.machine(), quick=args.quick,
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
+    table = summary.assign(**run_stamp(args, epochs=args.epochs, warmup=args.warmup,
+                                       repeats=args.repeats))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     print(f"\nwrote {args.csv}")

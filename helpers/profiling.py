@@ -178,11 +178,11 @@ class EpochProfile:
         return float(self.categories.set_index("category").loc[category, "ms_per_step"])
 
 
-def profile_epoch(runner, logdir: str | Path | None = None) -> EpochProfile:
+def profile_epoch(runner) -> EpochProfile:
     """Run one epoch of `runner` (from `helpers.speed.make_runner`, warmed up beforehand so that
-    tracing is not in it) under the profiler, and read the trace back. The trace goes to
-    `logdir` (kept, for TensorBoard) or to a temporary directory that is removed."""
-    workdir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="profile-"))
+    tracing is not in it) under the profiler, and read the trace back (written to a temporary
+    directory, removed afterwards)."""
+    workdir = Path(tempfile.mkdtemp(prefix="profile-"))
     try:
         tf.profiler.experimental.start(str(workdir))
         try:
@@ -194,8 +194,7 @@ def profile_epoch(runner, logdir: str | Path | None = None) -> EpochProfile:
             raise RuntimeError(f"the profiler wrote no .xplane.pb trace under {workdir}")
         events = read_op_events(traces[-1])
     finally:
-        if logdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     if events.empty:
         raise RuntimeError("the trace holds no op kernel events")
     return summarize_events(events, runner, seconds)
