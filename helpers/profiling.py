@@ -166,7 +166,6 @@ class EpochProfile:
     categories: pd.DataFrame
     wall_seconds: float
     steps: int
-    batch_size: int
     samples: int
     flops_per_sample: int
 
@@ -197,7 +196,7 @@ def profile_epoch(runner) -> EpochProfile:
         shutil.rmtree(workdir, ignore_errors=True)
     if events.empty:
         raise RuntimeError("the trace holds no op kernel events")
-    return summarize_events(events, runner, seconds)
+    return _summarize(events, runner, seconds)
 
 
 def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
@@ -217,11 +216,11 @@ def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
             for name, found in profiles.items()}
 
 
-def summarize_events(events: pd.DataFrame, runner, seconds: float) -> EpochProfile:
+def _summarize(events: pd.DataFrame, runner, seconds: float) -> EpochProfile:
+    """The per-op and per-category tables of one epoch's op events."""
     model = runner.model
-    batch_size = runner.batch_size
     samples = runner.samples_per_epoch
-    steps = math.ceil(samples / batch_size)
+    steps = math.ceil(samples / runner.batch_size)
     optimizer_name = model.optimizer.name
     events = events.assign(
         category=[op_category(name, kind, optimizer_name)
@@ -244,7 +243,7 @@ def summarize_events(events: pd.DataFrame, runner, seconds: float) -> EpochProfi
     categories = pd.DataFrame(rows)
     categories["share_of_wall"] = categories["ms_per_step"] / wall_ms
     categories["flops_per_sample"] = categories["category"].map(flops)
-    return EpochProfile(per_op, categories, seconds, steps, batch_size, samples,
+    return EpochProfile(per_op, categories, seconds, steps, samples,
                         int(sum(flops.values())))
 
 
