@@ -355,7 +355,7 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
 
     `steps_per_execution` > 1 is fit's option of the same name (``compile(steps_per_execution=
     ...)``): each call of the compiled function trains that many batches in a graph loop, so
-    Python and the function call are paid once per group instead of once per batch (notebook 05
+    Python and the function call are paid once per group instead of once per batch (notebook 06
     measures what that saves). The batches, their order and the arithmetic are the same, and so
     are History and weights (tests/test_training.py); the progress bar moves once per group.
     """
@@ -384,7 +384,7 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
 
     history = _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate,
                           verbose, steps_per_execution)
-    train_matched.last_step = train_step  # lets tests and notebook 05 inspect tracing
+    train_matched.last_step = train_step  # lets tests and notebook 06 inspect tracing
     return history
 
 
