@@ -136,14 +136,8 @@ def _require_compiled(model: keras.Model) -> None:
         )
 
 
-def _progbar(steps: int, verbose: int) -> keras.utils.Progbar:
-    return keras.utils.Progbar(
-        steps, verbose=verbose, stateful_metrics=list(HISTORY_KEYS)
-    )
-
-
-def _empty_history() -> dict[str, list[float]]:
-    return {key: [] for key in (*HISTORY_KEYS, "seconds")}
+def _progbar(steps: int, verbose: int, logs) -> keras.utils.Progbar:
+    return keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=list(logs))
 
 
 class _Evaluator:
@@ -156,6 +150,7 @@ class _Evaluator:
         self.y_val = tf.convert_to_tensor(y_val)
         self.loss_tracker = keras.metrics.Mean(name="val_loss")
         self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
+        self.metrics = (self.loss_tracker, self.accuracy)
         # Batch dimension None: the partial last batch reuses the one trace.
         signature = [tf.TensorSpec([None, *self.x_val.shape[1:]], self.x_val.dtype),
                      tf.TensorSpec([None, *self.y_val.shape[1:]], self.y_val.dtype)]
@@ -168,13 +163,14 @@ class _Evaluator:
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
         self.accuracy.update_state(y, y_pred)
 
-    def __call__(self) -> tuple[float, float]:
-        self.loss_tracker.reset_state()
-        self.accuracy.reset_state()
+    def __call__(self) -> dict[str, float]:
+        """One validation pass; fit's ``val_*`` logs."""
+        for metric in self.metrics:
+            metric.reset_state()
         for start in range(0, int(self.x_val.shape[0]), self.batch_size):
             stop = start + self.batch_size
             self.step(self.x_val[start:stop], self.y_val[start:stop])
-        return float(self.loss_tracker.result()), float(self.accuracy.result())
+        return {metric.name: float(metric.result()) for metric in self.metrics}
 
 
 def total_loss(model: keras.Model, loss_fn, y, y_pred):
@@ -241,11 +237,19 @@ def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=
 
 
 class TrainStep(NamedTuple):
-    """A training step ``step(x_batch, y_batch)`` and the History metrics it updates."""
+    """A training step ``step(x_batch, y_batch)`` and the History metrics it updates, named by
+    their History keys (``loss`` first)."""
 
     step: Callable
-    loss_tracker: keras.metrics.Mean
-    accuracy: keras.metrics.Metric
+    metrics: tuple[keras.metrics.Metric, ...]
+
+    def reset_metrics(self) -> None:
+        for metric in self.metrics:
+            metric.reset_state()
+
+    def logs(self) -> dict[str, float]:
+        """fit's training logs: each metric's running value."""
+        return {metric.name: float(metric.result()) for metric in self.metrics}
 
 
 def _built_optimizer(model: keras.Model):
@@ -293,7 +297,7 @@ def tape_train_step(model: keras.Model, y, *, dropout: bool, mean_loss: bool) ->
         grads = tape.gradient(loss, model.trainable_weights)
         optimizer.apply_gradients(zip(grads, model.trainable_weights))
 
-    return TrainStep(train_step, loss_tracker, accuracy)
+    return TrainStep(train_step, (loss_tracker, accuracy))
 
 
 def naive_train_step(model: keras.Model, y) -> TrainStep:
@@ -324,38 +328,31 @@ def indexed_train_step(batch_step, x_all, y_all, batch_size: int, steps_per_exec
     return train_step
 
 
-def _logs(loss_tracker, accuracy) -> list[tuple[str, float]]:
-    return [("loss", float(loss_tracker.result())), ("accuracy", float(accuracy.result()))]
-
-
-def _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate, verbose,
+def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, evaluate, verbose,
                 steps_per_call=1):
     """fit's epoch loop: reset the metrics, run ``train_step(*batch)`` for every batch (or group
     of `steps_per_call` batches) that ``batches(epoch)`` yields, validate, record History; with a
-    fit-like progress bar."""
-    history = _empty_history()
+    fit-like progress bar. History's keys are the logs' (``step_metrics.logs()`` then
+    ``evaluate()``), plus ``seconds``."""
+    history = {}
     for epoch in range(epochs):
         start_time = time.perf_counter()
-        loss_tracker.reset_state()
-        accuracy.reset_state()
+        step_metrics.reset_metrics()
         if verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
-        progbar = _progbar(steps, verbose)
+        progbar = None
         for call, batch in enumerate(batches(epoch)):
             train_step(*batch)
             if verbose == 1:
-                progbar.update(min((call + 1) * steps_per_call, steps),
-                               _logs(loss_tracker, accuracy))
-        val_loss, val_accuracy = evaluate()
-        history["loss"].append(float(loss_tracker.result()))
-        history["accuracy"].append(float(accuracy.result()))
-        history["val_loss"].append(val_loss)
-        history["val_accuracy"].append(val_accuracy)
-        history["seconds"].append(time.perf_counter() - start_time)
+                logs = step_metrics.logs()
+                progbar = progbar or _progbar(steps, verbose, logs)
+                progbar.update(min((call + 1) * steps_per_call, steps), list(logs.items()))
+        logs = {**step_metrics.logs(), **evaluate()}
+        for key, value in {**logs, "seconds": time.perf_counter() - start_time}.items():
+            history.setdefault(key, []).append(value)
         if verbose:
-            logs = [*_logs(loss_tracker, accuracy), ("val_loss", val_loss),
-                    ("val_accuracy", val_accuracy)]
-            progbar.update(steps, logs, finalize=True)
+            progbar = progbar or _progbar(steps, verbose, logs)
+            progbar.update(steps, list(logs.items()), finalize=True)
     return history
 
 
@@ -404,11 +401,10 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
         steps = num_samples // batch_size
         trained_per_epoch = steps * batch_size
     x_all, y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    batch_step, loss_tracker, accuracy = tape_train_step(
-        model, y, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes)
+    step = tape_train_step(model, y, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes)
     evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
 
-    train_step = indexed_train_step(batch_step, x_all, y_all, batch_size, steps_per_execution)
+    train_step = indexed_train_step(step.step, x_all, y_all, batch_size, steps_per_execution)
     if compiled:
         train_step = tf.function(
             train_step, input_signature=[tf.TensorSpec([None], tf.int64)]
@@ -420,8 +416,8 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
         for start in range(0, trained_per_epoch, indices_per_call):
             yield (order[start:start + indices_per_call],)
 
-    history = _run_epochs(train_step, batches, steps, epochs, loss_tracker, accuracy, evaluate,
-                          verbose, steps_per_execution)
+    history = _run_epochs(train_step, batches, steps, epochs, step, evaluate, verbose,
+                          steps_per_execution)
     train_tape_loop.last_step = train_step  # lets tests and notebook 06 inspect tracing
     return history
 
