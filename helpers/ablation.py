@@ -87,10 +87,36 @@ def effects(table: pd.DataFrame, variants=ABLATION_METHODS) -> pd.DataFrame:
             gap = (wide["naive"] - wide[variant]) / (wide["naive"] - wide["fit"])
             row.update({f"gap_closed_{key}": value
                         for key, value in paired_difference(gap).items()})
-            row["variant_mean"] = float(wide[variant].mean())
-            row["variant_std"] = float(wide[variant].std(ddof=1))
+            for method, name in ((variant, "variant"), ("naive", "naive"), ("fit", "fit")):
+                row[f"{name}_mean"] = float(wide[method].mean())
+                row[f"{name}_std"] = float(wide[method].std(ddof=1))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=_effect_columns())
+
+
+def _effect_columns() -> list[str]:
+    stats = ("mean", "ci_low", "ci_high", "cohens_dz", "p_value")
+    return ["variant", "label", "measure", "folds",
+            *(f"{prefix}_{stat}" for prefix in ("vs_naive", "vs_fit", "gap_closed")
+              for stat in stats),
+            *(f"{name}_{stat}" for name in ("variant", "naive", "fit") for stat in ("mean", "std"))]
+
+
+def check_parameters(*, ablation_folds: int, folds: int, full_scale_dir: str,
+                     baseline_dir: str) -> dict:
+    """Notebook 05's own parameters: a ValueError naming the parameter when one is wrong."""
+    if isinstance(ablation_folds, bool) or not isinstance(ablation_folds, int) or not (
+            1 <= ablation_folds <= folds):
+        raise ValueError(f"parameter ablation_folds={ablation_folds!r} is not allowed: it must be "
+                         f"a whole number from 1 to folds ({folds})")
+    checked = {"ablation_folds": ablation_folds}
+    for name, folder in (("full_scale_dir", full_scale_dir), ("baseline_dir", baseline_dir)):
+        path = Path(folder)
+        if not (path / "settings.json").is_file():
+            raise ValueError(f"parameter {name}={folder!r} is not allowed: it must be a results "
+                             f"folder with a settings.json (the committed one is the default)")
+        checked[name] = path
+    return checked
 
 
 def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss", path=None,
@@ -101,7 +127,7 @@ def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss",
     import matplotlib.pyplot as plt
 
     rows = effect_table[effect_table["measure"] == measure].set_index("variant")
-    figure, ax = plt.subplots(figsize=(7.5, 3.6))
+    figure, ax = plt.subplots(figsize=(8, 3.6))
     for i, difference in enumerate(DIFFERENCES):
         for variant, offset, color, marker, label in (
             (f"naive+{difference.key}", -0.12, "tab:red", "o", "article's loop + this fix"),
@@ -152,11 +178,19 @@ def _check_same_settings(results_dir: Path, baseline_dir: Path) -> None:
                          "the variants must share the baselines' folds and initial weights")
 
 
-def write_summary(results_dir: Path, baseline_dir: Path | None, run: dict | None = None) -> dict:
-    """table.csv (the variants only), summary.csv, effects.csv and gap_closed.png from the
-    finished folds; run_info.json with the machine and the summed training time."""
-    from helpers.compare import summarize
+def record_run(results_dir: Path, **run) -> None:
+    """run_info.json: the machine, library versions and how the variants are trained."""
     from helpers.cv import run_info
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "run_info.json").write_text(json.dumps({**run_info(), **run}, indent=2) + "\n")
+
+
+def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
+    """table.csv (the variants only), summary.csv, effects.csv and gap_closed.png from the
+    finished folds; the summed training time and the number of finished runs in
+    run_info.json (written by `record_run`)."""
+    from helpers.compare import summarize
 
     combined = combined_table(results_dir, baseline_dir)
     variants = combined[combined["method"].isin(ABLATION_METHODS)]
@@ -169,8 +203,9 @@ def write_summary(results_dir: Path, baseline_dir: Path | None, run: dict | None
     effect_table.to_csv(results_dir / "effects.csv", index=False)
     plot_gap_closed(effect_table, path=results_dir / "gap_closed.png")
     info_path = results_dir / "run_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else run_info()
-    info.update(run or {})
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path} is missing: it records how the variants were trained")
+    info = json.loads(info_path.read_text())
     info["training_seconds_all_folds"] = round(float(variants["seconds"].sum()), 1)
     info["finished_runs"] = int(variants.groupby(["method", "fold"]).ngroups)
     info_path.write_text(json.dumps(info, indent=2) + "\n")
@@ -205,6 +240,8 @@ def main(argv=None) -> int:
             tf.config.threading.set_inter_op_parallelism_threads(args.threads)
         methods = {name: partial(METHODS[name], steps_per_execution=args.steps_per_execution)
                    for name in ablation_variants()}
+        record_run(args.results_dir, intra_op_threads=args.threads or "default",
+                   steps_per_execution=args.steps_per_execution)
         started = time.perf_counter()
         cross_validate_mnist(methods, folds=args.folds, epochs=args.epochs,
                              batch_size=args.batch_size, subset=args.subset, seed=args.seed,
@@ -212,9 +249,7 @@ def main(argv=None) -> int:
         print(f"all folds finished; this invocation took {time.perf_counter() - started:.0f} s")
     if args.baseline is not None:
         _check_same_settings(args.results_dir, args.baseline)
-    run = {"intra_op_threads": args.threads or "default",
-           "steps_per_execution": args.steps_per_execution}
-    info = write_summary(args.results_dir, args.baseline, None if args.summarize_only else run)
+    info = write_summary(args.results_dir, args.baseline)
     print(f"{info['finished_runs']} of {len(ABLATION_METHODS) * args.folds} (variant, fold) runs "
           f"finished; tables and figure in {args.results_dir}")
     return 0
@@ -222,3 +257,85 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _share(row, prefix="gap_closed") -> str:
+    mean = row[f"{prefix}_mean"]
+    if row["folds"] < 2:
+        return f"{mean:.0%}"
+    return f"{mean:.0%} (95% CI {row[f'{prefix}_ci_low']:.0%} to {row[f'{prefix}_ci_high']:.0%})"
+
+
+def answer_sentence(effect_table: pd.DataFrame, total_folds: int,
+                    measure: str = "final_val_loss") -> str:
+    """The ablation's answer in a few sentences, every number from the tables: which single fix
+    closes the largest share of the article's-loop-to-fit gap in `measure`, what removing it from
+    the matched loop does, and the other fixes' shares; `total_folds` is how many folds the full
+    run has (fewer may have finished)."""
+    rows = effect_table[effect_table["measure"] == measure].set_index("variant")
+    added = [f"naive+{d.key}" for d in DIFFERENCES if f"naive+{d.key}" in rows.index]
+    if not added:
+        return "No fold of the one-fix-at-a-time ablation has finished yet."
+    best = max(added, key=lambda v: rows.loc[v, "gap_closed_mean"])
+    key = best[len("naive+"):]
+    row = rows.loc[best]
+    complete = len(added) == len(DIFFERENCES)
+    folds = int(row["folds"])
+    what = MEASURES[measure]
+    scope = (f"{total_folds}-fold" if folds == total_folds
+             else f"{folds} of {total_folds} folds of the")
+    scope = f" ({scope} cross-validation at the article's settings, mean over folds)."
+    if row["naive_mean"] <= row["fit_mean"]:
+        return (f"Here the article's loop does not end with a higher {what} than fit() "
+                f"({row['naive_mean']:.4f} vs {row['fit_mean']:.4f}), so there is no gap for a "
+                f"fix to close{scope}")
+    name = DIFFERENCE_NAMES[key]
+    if complete:
+        opening = (f"Of the {len(DIFFERENCES)} differences, {name} does most of the damage: "
+                   "adding it to")
+    else:
+        opening = (f"Partial result ({len(added)} of the {len(DIFFERENCES)} fixes measured so "
+                   f"far): adding {name} to")
+    sentence = (
+        f"{opening} the article's loop alone closes {_share(row)} of the gap in "
+        f"{what} between the article's loop ({row['naive_mean']:.4f}) and fit() "
+        f"({row['fit_mean']:.4f}), to {row['variant_mean']:.4f}"
+    )
+    removed = f"matched-{key}"
+    if removed in rows.index:
+        reopened = rows.loc[removed]
+        sentence += (f"; removing it from the matched loop reopens "
+                     f"{1 - reopened['gap_closed_mean']:.0%} of it "
+                     f"({reopened['variant_mean']:.4f})")
+    others = [f"{DIFFERENCE_NAMES[v[len('naive+'):]]} {rows.loc[v, 'gap_closed_mean']:.0%}"
+              for v in added if v != best]
+    if others:
+        sentence += f". Each other fix alone closes: {', '.join(others)}"
+    return sentence + scope
+
+
+def effects_overview(effect_table: pd.DataFrame, measure: str = "final_val_loss") -> pd.DataFrame:
+    """One readable row per variant for `measure`: its mean ± std, the gap closed with its CI,
+    and the paired differences to the article's loop and to fit with their p-values."""
+
+    def interval(row, prefix, percent=False):
+        if percent:
+            mean, low, high = (f"{row[f'{prefix}_{k}']:.0%}" for k in ("mean", "ci_low", "ci_high"))
+        else:
+            mean, low, high = (f"{row[f'{prefix}_{k}']:+.4f}"
+                               for k in ("mean", "ci_low", "ci_high"))
+        return f"{mean} [{low}, {high}]" if row["folds"] > 1 else mean
+
+    rows = effect_table[effect_table["measure"] == measure]
+    return pd.DataFrame({
+        "variant": rows["label"],
+        MEASURES[measure]: [f"{m:.4f} ± {s:.4f}" if folds > 1 else f"{m:.4f}"
+                            for m, s, folds in zip(rows["variant_mean"], rows["variant_std"],
+                                                   rows["folds"])],
+        "gap closed [95% CI]": [interval(row, "gap_closed", True) for _, row in rows.iterrows()],
+        "− article's loop [95% CI]": [interval(row, "vs_naive") for _, row in rows.iterrows()],
+        "p, vs article's loop": [f"{p:.3f}" for p in rows["vs_naive_p_value"]],
+        "− fit() [95% CI]": [interval(row, "vs_fit") for _, row in rows.iterrows()],
+        "p, vs fit()": [f"{p:.3f}" for p in rows["vs_fit_p_value"]],
+        "folds": rows["folds"],
+    }).set_index("variant")

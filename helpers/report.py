@@ -1,27 +1,39 @@
-"""The README's results section, generated from a cross-validation results folder.
+"""The README's results sections and notebook 02's answer, generated from committed results.
 
-    python -m helpers.report results/full-scale          # rewrite README.md's results block
-    python -m helpers.report results/full-scale --check  # exit 1 if it is out of date
+    python -m helpers.report results/full-scale --ablation results/ablation          # rewrite
+    python -m helpers.report results/full-scale --ablation results/ablation --check  # stale: 1
 
-The block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; every number in it
-comes from the folder's table.csv (written by notebook 04), through the same summary and tests the
-notebook prints.
+The full-scale block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; every
+number in it comes from the folder's table.csv (written by notebook 04), through the same summary
+and tests the notebook prints. With ``--ablation``, the one-fix-at-a-time results (notebook 05)
+fill ``<!-- ablation:start -->`` ... ``<!-- ablation:end -->``, and the answer sentence computed
+from them fills ``<!-- answer:start -->`` ... ``<!-- answer:end -->`` in the README and in the
+first cell of notebook 02 (``<!-- ablation-answer:start -->`` ... ``<!-- ablation-answer:end -->``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 
+from helpers import ablation
 from helpers.compare import paired_comparison, summarize, verdict
 from helpers.plots import METHOD_LABELS
+from helpers.training import ABLATION_METHODS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+ABLATION_MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
+ANSWER_MARKERS = ("<!-- answer:start -->", "<!-- answer:end -->")
+NOTEBOOK_MARKERS = ("<!-- ablation-answer:start -->", "<!-- ablation-answer:end -->")
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+NOTEBOOK_02 = ROOT / "notebooks" / "02_naive_tape_loop.ipynb"
 
 
 def results_markdown(results_path: Path, relative_to: Path) -> str:
@@ -66,29 +78,97 @@ def results_markdown(results_path: Path, relative_to: Path) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"README has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}\n{END}{tail}"
+def replace_block(text: str, block: str, markers: tuple[str, str] = (START, END),
+                  where: str = "README") -> str:
+    start, end = markers
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"{where} needs exactly one {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"
+
+
+def ablation_answer(ablation_path: Path, baseline_path: Path) -> str:
+    """The answer sentence (`helpers.ablation.answer_sentence`) from the committed results."""
+    table = ablation.combined_table(ablation_path, baseline_path)
+    folds = json.loads((baseline_path / "settings.json").read_text())["folds"]
+    return ablation.answer_sentence(ablation.effects(table), folds)
+
+
+def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Path) -> str:
+    """Markdown for the one-fix-at-a-time results: progress, figure, and every variant's
+    numbers for the final val loss and the val loss rise after the best epoch."""
+    table = ablation.combined_table(ablation_path, baseline_path)
+    effect_table = ablation.effects(table)
+    info = json.loads((ablation_path / "run_info.json").read_text())
+    settings = json.loads((ablation_path / "settings.json").read_text())
+    folder = ablation_path.resolve().relative_to(relative_to.resolve()).as_posix()
+    runs = len(ABLATION_METHODS) * settings["folds"]
+    lines = [
+        f"![Share of the gap each fix closes]({folder}/gap_closed.png)",
+        "",
+        f"{info['finished_runs']} of {runs} (variant, fold) runs finished, on the same folds and "
+        f"initial weights as the table above; training time so far "
+        f"{info['training_seconds_all_folds'] / 3600:.1f} h "
+        f"(TensorFlow {info['tensorflow']}, {info['intra_op_threads']} intra-op thread(s), "
+        f"steps_per_execution {info['steps_per_execution']}, results bit-identical to 1). "
+        "Gap closed = (article's loop − variant) / (article's loop − fit()) per fold; "
+        "mean and 95% CI (Nadeau–Bengio) over folds, sign-flip p.",
+    ]
+    for measure in ("final_val_loss", "val_loss_rise"):
+        overview = ablation.effects_overview(effect_table, measure)
+        lines += ["", f"**{ablation.MEASURES[measure]}**", "",
+                  "| " + " | ".join([overview.index.name, *overview.columns]) + " |",
+                  "|" + "---|" * (len(overview.columns) + 1)]
+        lines += ["| " + " | ".join([label, *map(str, row)]) + " |"
+                  for label, row in zip(overview.index, overview.to_numpy())]
+    lines += ["", f"Tables, figure and machine: [`{folder}/`]({folder}/)."]
+    return "\n".join(lines)
+
+
+def _update_notebook_answer(path: Path, answer: str) -> tuple[str, str]:
+    """(current text, updated text) of the notebook with its answer block replaced."""
+    notebook = nbformat.read(path, as_version=4)
+    cell = notebook.cells[0]
+    cell.source = replace_block(cell.source, answer, NOTEBOOK_MARKERS, where=path.name)
+    return path.read_text(), nbformat.writes(notebook) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results folder written by notebook 04")
+    parser.add_argument("--ablation", type=Path, default=None,
+                        help="results folder of python -m helpers.ablation (same settings)")
     parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--notebook", type=Path, default=NOTEBOOK_02,
+                        help="notebook whose first cell gets the answer (with --ablation)")
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
     current = args.readme.read_text()
     updated = replace_block(current, results_markdown(args.results, args.readme.parent))
+    files = {args.readme: (current, updated)}
+    if args.ablation is not None:
+        answer = ablation_answer(args.ablation, args.results)
+        updated = replace_block(updated, ablation_markdown(args.ablation, args.results,
+                                                           args.readme.parent), ABLATION_MARKERS)
+        figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
+                                 args.readme.parent.resolve())
+        readme_answer = (f"{answer} See [the figure]({figure}) and "
+                         "[notebook 05](notebooks/05_which_difference.ipynb).")
+        files[args.readme] = (current, replace_block(updated, readme_answer, ANSWER_MARKERS))
+        notebook_figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
+                                          args.notebook.resolve().parent)
+        files[args.notebook] = _update_notebook_answer(
+            args.notebook, f"{answer} See [the figure]({notebook_figure}) and "
+                           "[notebook 05](05_which_difference.ipynb).")
+    stale = [path for path, (old, new) in files.items() if old != new]
     if args.check:
-        if updated != current:
-            print(f"{args.readme}: results block is out of date; run "
-                  f"python -m helpers.report {args.results}")
-            return 1
-        return 0
-    args.readme.write_text(updated)
+        for path in stale:
+            print(f"{path}: generated results are out of date; run python -m helpers.report "
+                  f"{args.results}" + (f" --ablation {args.ablation}" if args.ablation else ""))
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(files[path][1])
     return 0
 
 

@@ -65,11 +65,11 @@ class Difference(NamedTuple):
 
 # The canonical list: the README and notebooks 02-05 read their count and names from it.
 DIFFERENCES = (
-    Difference("dropout", "Dropout active in training",
+    Difference("dropout", "Dropout in training",
                "calls the model with training=True, so Dropout drops half the units of each "
                "training batch",
                "calls model(x) with training unset, so Dropout never drops anything"),
-    Difference("mean_loss", "mean loss",
+    Difference("mean_loss", "the mean loss",
                "differentiates the batch-mean loss (plus model.losses)",
                "differentiates the per-sample loss vector, i.e. the sum over the batch: a "
                "batch_size-times larger gradient"),
@@ -77,7 +77,7 @@ DIFFERENCES = (
                "shuffles the training samples (the matched loop draws a new permutation every "
                "epoch)",
                "takes the batches in file order, the same every epoch"),
-    Difference("partial_batch", "last partial batch kept",
+    Difference("partial_batch", "the last partial batch",
                "trains on every sample every epoch, the last partial batch included",
                "drops the last len(x) % batch_size samples every epoch"),
 )

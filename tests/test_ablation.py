@@ -4,8 +4,10 @@ loop or the matched loop, each switch doing what its name says; and the effect s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,8 +179,51 @@ def test_summary_files_from_finished_folds(tmp_path):
             (variants / method).mkdir(parents=True, exist_ok=True)
             history_table(history, method, fold).to_csv(
                 variants / method / f"fold_{fold:02d}.csv", index=False)
+    with pytest.raises(FileNotFoundError, match="run_info.json is missing"):
+        ablation.write_summary(variants, baseline)
+    ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
     info = ablation.write_summary(variants, baseline)
     assert info["finished_runs"] == 4 and info["training_seconds_all_folds"] == 12.0
+    assert info["steps_per_execution"] == 50 and info["tensorflow"]
     assert len(pd.read_csv(variants / "table.csv")) == 8
     assert len(pd.read_csv(variants / "effects.csv")) == 2 * len(ablation.MEASURES)
     assert (variants / "gap_closed.png").stat().st_size > 0
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _final_val_loss(path: Path) -> pd.Series:
+    table = pd.read_csv(path)
+    return table.loc[table["epoch"] == table["epoch"].max(), "val_loss"]
+
+
+def test_committed_answer_quotes_the_committed_fold_files():
+    """The README's headline, its ablation block and notebook 02's first paragraph are generated
+    from results/ablation; recomputed here straight from the fold CSVs, each added fix's share
+    of the gap must be what they quote."""
+    from helpers import report
+
+    assert report.main(["results/full-scale", "--ablation", "results/ablation", "--check"]) == 0, (
+        "stale: python -m helpers.report results/full-scale --ablation results/ablation")
+    baseline = pd.read_csv(ROOT / "results/full-scale/table.csv")
+    final = baseline[baseline["epoch"] == baseline["epoch"].max()]
+    readme = (ROOT / "README.md").read_text()
+    answer = readme.split(report.ANSWER_MARKERS[0])[1].split(report.ANSWER_MARKERS[1])[0]
+    notebook = nbformat.read(ROOT / "notebooks/02_naive_tape_loop.ipynb", as_version=4)
+    quoted = 0
+    for difference in DIFFERENCES:
+        files = sorted((ROOT / "results/ablation" / f"naive+{difference.key}").glob("fold_*.csv"))
+        if not files:
+            continue
+        shares = []
+        for path in files:
+            fold = int(path.stem.split("_")[1])
+            naive, fit = (float(final.loc[(final.method == m) & (final.fold == fold),
+                                          "val_loss"].iloc[0]) for m in ("naive", "fit"))
+            shares.append((naive - float(_final_val_loss(path).iloc[0])) / (naive - fit))
+        assert difference.name in answer, (difference.key, answer)
+        assert f"{np.mean(shares):.0%}" in answer, (difference.key, answer)
+        quoted += 1
+    assert quoted >= 1
+    assert answer.strip().split(" See [")[0] in notebook.cells[0].source
