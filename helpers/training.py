@@ -359,8 +359,11 @@ def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, eva
             first_step = call * steps_per_call
             callback_list.on_train_batch_begin(first_step)
             train_step(*batch)
-            callback_list.on_train_batch_end(first_step + steps_per_call - 1,
-                                             step_metrics.logs())
+            # tensors, as fit passes them: CallbackList converts them to floats, in a
+            # background thread when no callback reads them per batch (callback_list.py)
+            callback_list.on_train_batch_end(
+                first_step + steps_per_call - 1,
+                {metric.name: metric.result() for metric in step_metrics.metrics})
             if model.stop_training:
                 break
         epoch_logs = step_metrics.logs()
