@@ -10,6 +10,9 @@ them::
 and returns a History-like dict of per-epoch lists under fit's keys -- ``loss``, ``accuracy``,
 ``val_loss``, ``val_accuracy`` -- plus ``seconds`` (wall time of each epoch, validation included).
 The model must be compiled: the optimizer and loss given to `compile` are the ones used.
+Each also takes fit's ``callbacks=`` and ``initial_epoch=``: the tape loops drive Keras callbacks
+through ``keras.callbacks.CallbackList`` as fit does (`_run_epochs`), and the History then also
+holds whatever the callbacks log (e.g. ``learning_rate``).
 
 - `train_fit`: ``model.fit``.
 - `train_tape_loop`: a GradientTape loop with each of `DIFFERENCES` -- the four ways the article's
