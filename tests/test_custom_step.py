@@ -7,8 +7,12 @@ order (`epoch_orders`) everywhere; batch size 50 so that every epoch ends in a p
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import keras
 import numpy as np
+import papermill
 import pytest
 
 from helpers.custom_step import (
@@ -19,8 +23,9 @@ from helpers.custom_step import (
     with_step,
 )
 from helpers.model import create_cnn
-from helpers.training import epoch_orders, train_fit, train_matched
+from helpers.training import epoch_orders, train_fit, train_matched, train_tape_loop
 
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EPOCHS = 2
 BATCH_SIZE = 50
 MODEL_SEED = 3
@@ -104,29 +109,42 @@ def test_clipped_override_and_clipped_loop_agree_exactly(runs):
 
 def test_clip_by_layer_bounds_each_layer_and_spares_small_ones():
     model = create_cnn(seed=0)
+    conv1, conv2, dense = (layer for layer in model.layers if layer.trainable_variables)
     variables = model.trainable_variables
-    dense = [i for i, v in enumerate(variables) if v.path.split("/")[-2] == "dense"]
+    in_dense = [any(v is w for w in dense.trainable_variables) for v in variables]
     # every conv gradient entry 1 (layer norms far above 1); the Dense layer's tiny
-    gradients = [np.full(v.shape, 1e-4 if i in dense else 1.0, np.float32)
-                 for i, v in enumerate(variables)]
+    gradients = [np.full(v.shape, 1e-4 if small else 1.0, np.float32)
+                 for v, small in zip(variables, in_dense)]
     clipped = [np.asarray(g) for g in clip_by_layer(model, gradients, 1.0)]
-    norms = {}
-    for variable, gradient in zip(variables, clipped):
-        layer = variable.path.split("/")[-2]
-        norms[layer] = norms.get(layer, 0.0) + float(np.sum(gradient.astype(np.float64) ** 2))
-    norms = {layer: np.sqrt(total) for layer, total in norms.items()}
-    assert norms["conv2d"] == pytest.approx(1.0, rel=1e-6)
-    assert norms["conv2d_1"] == pytest.approx(1.0, rel=1e-6)
-    # kernel and bias scaled by one factor per layer, not each to norm 1 on its own
-    conv_kernel, conv_bias = clipped[0], clipped[1]
-    assert np.all(conv_kernel == conv_kernel.flat[0]) and conv_bias[0] == conv_kernel.flat[0]
-    for i in dense:  # within the norm: untouched
-        np.testing.assert_array_equal(clipped[i], gradients[i])
+    for layer in (conv1, conv2):
+        positions = [i for i, v in enumerate(variables)
+                     if any(v is w for w in layer.trainable_variables)]
+        norm = np.sqrt(sum(np.sum(clipped[i].astype(np.float64) ** 2) for i in positions))
+        assert norm == pytest.approx(1.0, rel=1e-6)
+        # kernel and bias scaled by one factor per layer, not each to norm 1 on its own
+        kernel, bias = (clipped[i] for i in positions)
+        assert np.all(kernel == kernel.flat[0]) and np.all(bias == kernel.flat[0])
+    for i, small in enumerate(in_dense):  # within the norm: untouched
+        if small:
+            np.testing.assert_array_equal(clipped[i], gradients[i])
 
 
 def test_make_step_needs_the_step_fixes(small_split):
-    from helpers.training import train_tape_loop
-
     with pytest.raises(ValueError, match="'dropout' and 'mean_loss'"):
         train_tape_loop(create_cnn(0), *small_split, epochs=1, batch_size=64, seed=0,
                         fixes=("shuffle", "partial_batch"), make_step=layer_clipped(1.0))
+
+
+def test_notebook_07_refuses_a_bad_parameter(tmp_path):
+    """Notebook 07's own parameters (beyond validate_parameters') stop the run by name, at the
+    validation cell, before anything is trained."""
+    notebook = NOTEBOOKS / "07_keep_fit_change_step.ipynb"
+    shutil.copy(notebook, tmp_path / notebook.name)
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(
+            str(tmp_path / notebook.name), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path),
+            kernel_name="python3", progress_bar=False,
+            parameters={"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
+    assert error.value.ename == "ValueError"
+    assert "learning_rate=0.0" in error.value.evalue
+    assert not (tmp_path / "output").exists()
