@@ -10,6 +10,9 @@ them::
 and returns a History-like dict of per-epoch lists under fit's keys -- ``loss``, ``accuracy``,
 ``val_loss``, ``val_accuracy`` -- plus ``seconds`` (wall time of each epoch, validation included).
 The model must be compiled: the optimizer and loss given to `compile` are the ones used.
+Each also takes fit's ``callbacks=`` and ``initial_epoch=``: the tape loops drive Keras callbacks
+through ``keras.callbacks.CallbackList`` as fit does (`_run_epochs`), and the History then also
+holds whatever the callbacks log (e.g. ``learning_rate``).
 
 - `train_fit`: ``model.fit``.
 - `train_tape_loop`: a GradientTape loop with each of `DIFFERENCES` -- the four ways the article's
@@ -136,10 +139,6 @@ def _require_compiled(model: keras.Model) -> None:
         )
 
 
-def _progbar(steps: int, verbose: int, logs) -> keras.utils.Progbar:
-    return keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=list(logs))
-
-
 class _Evaluator:
     """Validation as fit runs it: ``training=False``, batches of `batch_size` with the partial
     batch kept, loss = compiled loss + model.losses, sample-weighted running means."""
@@ -208,13 +207,14 @@ def ordered_dataset(x, y, batch_size: int, batch_orders) -> tf.data.Dataset:
 
 
 def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
-              batch_orders=None):
+              batch_orders=None, callbacks=None, initial_epoch=0):
     """``model.fit`` as the article calls it (NumPy arrays, ``shuffle=True``).
 
     With `batch_orders` (shape (epochs, N), e.g. from `epoch_orders`), fit instead trains on
     exactly those orders; that is how notebook 03 and the tests give fit and a tape loop the same
     batches. `seed` is not used here: fit's shuffling follows the global seed, which `create_cnn`
-    sets.
+    sets. `callbacks` and `initial_epoch` are fit's; the returned History has every key the
+    callbacks logged (e.g. ``learning_rate`` from ReduceLROnPlateau), plus ``seconds``.
     """
     _require_compiled(model)
     x, y = train_data
@@ -224,15 +224,16 @@ def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=
     else:
         batch_orders = _check_orders(batch_orders, len(x), epochs)
         inputs = dict(
-            x=ordered_dataset(x, y, batch_size, batch_orders),
+            # fit starts at `initial_epoch` but reads the dataset from its start
+            x=ordered_dataset(x, y, batch_size, batch_orders[initial_epoch:]),
             steps_per_epoch=math.ceil(len(x) / batch_size),
             shuffle=False,  # the order is in the dataset
         )
     history = model.fit(
         **inputs, epochs=epochs, validation_data=val_data, validation_batch_size=batch_size,
-        verbose=verbose, callbacks=[timer],
+        verbose=verbose, callbacks=[*(callbacks or ()), timer], initial_epoch=initial_epoch,
     )
-    return {**{key: [float(v) for v in history.history[key]] for key in HISTORY_KEYS},
+    return {**{key: [float(v) for v in values] for key, values in history.history.items()},
             "seconds": timer.seconds}
 
 
@@ -329,35 +330,62 @@ def indexed_train_step(batch_step, x_all, y_all, batch_size: int, steps_per_exec
 
 
 def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, evaluate, verbose,
-                steps_per_call=1):
-    """fit's epoch loop: reset the metrics, run ``train_step(*batch)`` for every batch (or group
-    of `steps_per_call` batches) that ``batches(epoch)`` yields, validate, record History; with a
-    fit-like progress bar. History's keys are the logs' (``step_metrics.logs()`` then
-    ``evaluate()``), plus ``seconds``."""
-    history = {}
-    for epoch in range(epochs):
-        start_time = time.perf_counter()
+                steps_per_call=1, *, model, callbacks=None, initial_epoch=0):
+    """fit's epoch loop (keras/src/backend/tensorflow/trainer.py:375-453), driving the callbacks
+    through Keras' own ``CallbackList`` with fit's hooks, logs and order: ``on_train_begin``;
+    per epoch ``on_epoch_begin``, then for every call of ``train_step(*batch)`` (one batch, or a
+    group of `steps_per_call`) ``on_train_batch_begin(first)`` / ``on_train_batch_end(last,
+    logs)`` with fit's step numbers (epoch_iterator.py:113-123), stopping the epoch early when a
+    callback sets ``model.stop_training``; validation between ``on_test_begin`` and
+    ``on_test_end`` (fit runs it through ``evaluate(callbacks=...)``, trainer.py:423-432; the
+    per-batch ``on_test_batch_*`` hooks are not called); ``on_epoch_end(epoch, logs)`` with the
+    training logs plus ``val_*``; stop after the epoch if ``model.stop_training``;
+    ``on_train_end``. Keras' ``History`` and ``ProgbarLogger`` are added as fit adds them
+    (``add_history=True``, ``add_progbar=verbose != 0``), so the progress bar is fit's.
+
+    Epochs run from `initial_epoch` to `epochs` (fit's meaning, for resuming); ``batches(epoch)``
+    yields the epoch's calls. Returns ``History.history`` (every key the callbacks logged, e.g.
+    ``learning_rate`` from ReduceLROnPlateau) plus ``seconds``.
+    """
+    timer = EpochTimer()
+    callback_list = keras.callbacks.CallbackList(
+        [*(callbacks or ()), timer], add_history=True, add_progbar=verbose != 0,
+        verbose=verbose, epochs=epochs, steps=steps, model=model,
+    )
+    model.stop_training = False
+    callback_list.on_train_begin()
+    training_logs = None
+    for epoch in range(initial_epoch, epochs):
         step_metrics.reset_metrics()
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}")
-        progbar = None
+        callback_list.on_epoch_begin(epoch)
         for call, batch in enumerate(batches(epoch)):
+            first_step = call * steps_per_call
+            callback_list.on_train_batch_begin(first_step)
             train_step(*batch)
-            if verbose == 1:
-                logs = step_metrics.logs()
-                progbar = progbar or _progbar(steps, verbose, logs)
-                progbar.update(min((call + 1) * steps_per_call, steps), list(logs.items()))
-        logs = {**step_metrics.logs(), **evaluate()}
-        for key, value in {**logs, "seconds": time.perf_counter() - start_time}.items():
-            history.setdefault(key, []).append(value)
-        if verbose:
-            progbar = progbar or _progbar(steps, verbose, logs)
-            progbar.update(steps, list(logs.items()), finalize=True)
-    return history
+            # tensors, as fit passes them: CallbackList converts them to floats, in a
+            # background thread when no callback reads them per batch (callback_list.py)
+            callback_list.on_train_batch_end(
+                first_step + steps_per_call - 1,
+                {metric.name: metric.result() for metric in step_metrics.metrics})
+            if model.stop_training:
+                break
+        epoch_logs = step_metrics.logs()
+        callback_list.on_test_begin()
+        val_logs = evaluate()
+        callback_list.on_test_end({key.removeprefix("val_"): value
+                                   for key, value in val_logs.items()})
+        epoch_logs.update(val_logs)
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        training_logs = epoch_logs
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs=training_logs)
+    return {**model.history.history, "seconds": timer.seconds}
 
 
 def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fixes,
-                    verbose=0, batch_orders=None, compiled=True, steps_per_execution=1):
+                    verbose=0, batch_orders=None, compiled=True, steps_per_execution=1,
+                    callbacks=None, initial_epoch=0, make_step=None):
     """The article's GradientTape loop with the `DIFFERENCES` named in `fixes` done as fit does
     them: no fixes is `train_naive`, all of them `train_matched`, and anything between is one
     of the ablation's variants (notebook 05).
@@ -379,10 +407,23 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
     Python and the function call are paid once per group instead of once per batch (notebook 06
     measures what that saves). The batches, their order and the arithmetic are the same, and so
     are History and weights (tests/test_training.py); the progress bar moves once per group.
+
+    `callbacks` and `initial_epoch` mean what they mean to fit: Keras callbacks, driven by
+    `_run_epochs` through ``keras.callbacks.CallbackList`` with fit's hooks and logs
+    (tests/test_callbacks.py), and the epoch to start at when resuming (epoch e still trains on
+    ``batch_orders[e]``; helpers.checkpoints).
+
+    `make_step`, ``make_step(model, y) -> TrainStep``, replaces the step (e.g.
+    `helpers.custom_step.layer_clipped`); it then decides how the model is called and what is
+    differentiated, so it needs the ``"dropout"`` and ``"mean_loss"`` fixes on (it is refused
+    otherwise rather than silently ignoring them).
     """
     unknown = set(fixes) - set(DIFFERENCE_KEYS)
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
+    if make_step is not None and not {"dropout", "mean_loss"} <= set(fixes):
+        raise ValueError("make_step replaces the step, so the step's fixes 'dropout' and "
+                         f"'mean_loss' must both be in fixes; got fixes={tuple(fixes)}")
     if steps_per_execution < 1:
         raise ValueError(f"steps_per_execution={steps_per_execution}; it must be >= 1")
     x, y = train_data
@@ -401,7 +442,8 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
         steps = num_samples // batch_size
         trained_per_epoch = steps * batch_size
     x_all, y_all = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    step = tape_train_step(model, y, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes)
+    step = (make_step(model, y) if make_step is not None else
+            tape_train_step(model, y, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes))
     evaluate = _Evaluator(model, _batch_loss(model), *val_data, batch_size, compiled)
 
     train_step = indexed_train_step(step.step, x_all, y_all, batch_size, steps_per_execution)
@@ -417,13 +459,14 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
             yield (order[start:start + indices_per_call],)
 
     history = _run_epochs(train_step, batches, steps, epochs, step, evaluate, verbose,
-                          steps_per_execution)
+                          steps_per_execution, model=model, callbacks=callbacks,
+                          initial_epoch=initial_epoch)
     train_tape_loop.last_step = train_step  # lets tests and notebook 06 inspect tracing
     return history
 
 
 def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
-                compiled=True, steps_per_execution=1):
+                compiled=True, steps_per_execution=1, callbacks=None, initial_epoch=0):
     """The article's loop, ported to Keras 3 (the calls are the same; only imports changed):
     `train_tape_loop` with none of the fixes.
 
@@ -437,11 +480,13 @@ def train_naive(model, train_data, val_data, *, epochs, batch_size, seed, verbos
     """
     return train_tape_loop(model, train_data, val_data, epochs=epochs, batch_size=batch_size,
                            seed=seed, fixes=(), verbose=verbose, compiled=compiled,
-                           steps_per_execution=steps_per_execution)
+                           steps_per_execution=steps_per_execution, callbacks=callbacks,
+                           initial_epoch=initial_epoch)
 
 
 def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
-                  batch_orders=None, compiled=True, steps_per_execution=1):
+                  batch_orders=None, compiled=True, steps_per_execution=1, callbacks=None,
+                  initial_epoch=0, make_step=None):
     """A GradientTape loop that does what fit does (see the module docstring for where):
     `train_tape_loop` with every one of the `DIFFERENCES` fixed.
 
@@ -453,12 +498,13 @@ def train_matched(model, train_data, val_data, *, epochs, batch_size, seed, verb
       epoch; validation in inference mode;
     - one ``tf.function`` step, traced once, also for the partial batch.
 
-    `steps_per_execution`: see `train_tape_loop`.
+    `steps_per_execution`, `callbacks`, `initial_epoch`, `make_step`: see `train_tape_loop`.
     """
     history = train_tape_loop(
         model, train_data, val_data, epochs=epochs, batch_size=batch_size, seed=seed,
         fixes=DIFFERENCE_KEYS, verbose=verbose, batch_orders=batch_orders, compiled=compiled,
-        steps_per_execution=steps_per_execution)
+        steps_per_execution=steps_per_execution, callbacks=callbacks, initial_epoch=initial_epoch,
+        make_step=make_step)
     train_matched.last_step = train_tape_loop.last_step
     return history
 

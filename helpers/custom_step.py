@@ -1,0 +1,133 @@
+"""Keep fit(), change its step: a ``keras.Model`` whose ``train_step``/``test_step`` are the
+matched step, written with Keras 3's public API, and one customization fit's options cannot
+express -- per-layer gradient clipping -- in both forms, the override and the tape loop.
+
+- `MatchedStepModel`: ``train_step`` = ``self(x, training=True)`` inside a ``GradientTape``,
+  ``self.compute_loss``, the gradient, ``self.optimizer.apply``, and ``self.metrics`` updated
+  from the same forward pass; ``test_step`` the same in inference mode. Trained with fit it
+  gives plain fit's History and weights bit for bit (tests/test_custom_step.py): it is Keras'
+  own step (keras/src/backend/tensorflow/trainer.py:53-104) spelled with public calls.
+- `LayerClippedStepModel`: the same step with each layer's gradients clipped to a joint norm
+  (`clip_by_layer`). fit's ``clipnorm`` clips every variable on its own and ``global_clipnorm``
+  all of them together; a per-layer norm (kernel and bias as one) needs a custom step.
+- `layer_clipped_train_step`: the same customization as a tape-loop step for
+  ``train_matched(make_step=...)``; both forms give the same History and weights bit for bit.
+- `with_step`: the article's CNN (same layers, same seeded initial weights as `create_cnn`) as an
+  instance of one of these classes, compiled like the article.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from helpers.model import compile_like_article, create_cnn
+from helpers.training import (
+    TrainStep,
+    _accuracy_metric,
+    _batch_loss,
+    _built_optimizer,
+    total_loss,
+)
+
+
+def clip_by_layer(model: keras.Model, gradients, max_norm: float) -> list:
+    """`gradients` (one per ``model.trainable_variables``) with each layer's scaled down
+    together, as ``tf.clip_by_global_norm`` does, so that their joint L2 norm is at most
+    `max_norm`; layers already within it are left unchanged."""
+    index = {id(variable): i for i, variable in enumerate(model.trainable_variables)}
+    clipped = list(gradients)
+    for layer in model.layers:
+        positions = [index[id(variable)] for variable in layer.trainable_variables]
+        if positions:
+            layer_clipped, _ = tf.clip_by_global_norm([clipped[i] for i in positions], max_norm)
+            for i, gradient in zip(positions, layer_clipped):
+                clipped[i] = gradient
+    return clipped
+
+
+class MatchedStepModel(keras.Model):
+    """fit's own step written with Keras 3's public API (TensorFlow backend).
+
+    Subclasses change the step by overriding `transform_gradients`; everything fit does around
+    the step -- callbacks, the progress bar, shuffling, ``steps_per_execution``, validation --
+    stays fit's.
+    """
+
+    def transform_gradients(self, gradients):
+        """The gradients the optimizer applies; unchanged here."""
+        return gradients
+
+    def _update_metrics(self, loss, x, y, y_pred):
+        # self.metrics is [loss tracker, compiled metrics]; fit weights the loss tracker's mean
+        # by the batch size (trainer.py:67-72), so partial batches count per sample.
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
+            else:
+                metric.update_state(y, y_pred)
+        return self.get_metrics_result()
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+            # A no-op unless the optimizer is a LossScaleOptimizer (mixed precision), whose
+            # apply() unscales the gradients again, as in fit (trainer.py:73-74).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(self.transform_gradients(gradients), self.trainable_variables)
+        return self._update_metrics(loss, x, y, y_pred)
+
+    def test_step(self, data):
+        x, y = data
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+        return self._update_metrics(loss, x, y, y_pred)
+
+
+class LayerClippedStepModel(MatchedStepModel):
+    """`MatchedStepModel` with each layer's gradients clipped to a joint norm `max_norm`."""
+
+    def __init__(self, *args, max_norm: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_norm = max_norm
+
+    def transform_gradients(self, gradients):
+        return clip_by_layer(self, gradients, self.max_norm)
+
+
+def with_step(model_class: type[MatchedStepModel], seed: int = 0, **kwargs) -> MatchedStepModel:
+    """The article's CNN built by ``create_cnn(seed)`` -- same layers, same initial weights and
+    Dropout seed state -- as a functional `model_class`, compiled like the article."""
+    base = create_cnn(seed=seed, compile=False)
+    model = model_class(inputs=base.inputs, outputs=base.outputs, name=base.name, **kwargs)
+    return compile_like_article(model)
+
+
+def layer_clipped_train_step(model: keras.Model, y, max_norm: float) -> TrainStep:
+    """The tape loop's matched step (helpers.training.matched_train_step) with `clip_by_layer`
+    between the gradient and the update: `LayerClippedStepModel`'s step as a loop step."""
+    optimizer = _built_optimizer(model)
+    loss_fn = _batch_loss(model)
+    loss_tracker = keras.metrics.Mean(name="loss")
+    accuracy = _accuracy_metric(y, model)
+
+    def train_step(x_batch, y_batch):
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch, training=True)
+            loss = total_loss(model, loss_fn, y_batch, y_pred)
+        loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
+        accuracy.update_state(y_batch, y_pred)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(clip_by_layer(model, gradients, max_norm), model.trainable_variables)
+
+    return TrainStep(train_step, (loss_tracker, accuracy))
+
+
+def layer_clipped(max_norm: float):
+    """``make_step`` for ``train_matched``: `layer_clipped_train_step` with `max_norm`."""
+    return functools.partial(layer_clipped_train_step, max_norm=max_norm)
