@@ -173,7 +173,7 @@ class _NaiveRunner:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.steps = len(x) // batch_size
         self.samples_per_epoch = self.steps * batch_size
-        self.step, self.metrics = naive_train_step(self.model, y)
+        self.step, self.metrics = naive_train_step(self.model, x, y)
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
@@ -219,7 +219,7 @@ class _MatchedRunner:
         self.samples_per_epoch = len(x)
         self.steps = math.ceil(len(x) / batch_size)
         self.rng = np.random.default_rng(seed)
-        batch_step, self.metrics = matched_train_step(self.model, y)
+        batch_step, self.metrics = matched_train_step(self.model, x, y)
 
         x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
