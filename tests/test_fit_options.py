@@ -338,3 +338,16 @@ def test_sample_and_class_weight_together_are_refused_as_by_fit(data):
         model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, **options)
     with pytest.raises(ValueError, match="class_weight` and `sample_weight"):
         train_matched(model, (x, y), val, epochs=1, batch_size=BATCH, seed=0, **options)
+
+
+def test_bf16_benchmark_methods_build_and_train_under_the_policy(data):
+    """helpers.speed's fit_bf16 and matched_bf16: bfloat16 layers, one epoch trained, the global
+    policy float32 again afterwards."""
+    from helpers.speed import make_runner
+
+    for method in ("fit_bf16", "matched_bf16"):
+        runner = make_runner(method, *data[0], batch_size=BATCH, seed=0)
+        assert runner.model.layers[0].compute_dtype == "bfloat16"
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert runner.run_epoch() > 0
+        assert int(runner.model.optimizer.iterations) == 3
