@@ -7,9 +7,12 @@ them::
     history = train(model, (x_train, y_train), (x_val, y_val),
                     epochs=..., batch_size=..., seed=..., verbose=0)
 
-and returns a History-like dict of per-epoch lists under fit's keys -- ``loss``, ``accuracy``,
-``val_loss``, ``val_accuracy`` -- plus ``seconds`` (wall time of each epoch, validation included).
-The model must be compiled: the optimizer and loss given to `compile` are the ones used.
+and returns a History-like dict of per-epoch lists under fit's keys -- for the article's compile
+call ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (`HISTORY_KEYS`), else one per
+compiled metric -- plus ``seconds`` (wall time of each epoch, validation included). The model must
+be compiled: the optimizer, loss and metrics given to `compile` are the ones used. `train_fit` and
+`train_matched` also take fit's ``sample_weight``, ``class_weight`` and ``validation_split``
+(notebook 03a lists every fit option and the test that shows the loop reproduces it).
 
 - `train_fit`: ``model.fit``.
 - `train_tape_loop`: a GradientTape loop with each of `DIFFERENCES` -- the four ways the article's
@@ -37,6 +40,10 @@ Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend:
   keras/src/trainers/data_adapters/array_data_adapter.py:128-134; the last partial batch is kept.
 - iterators: a new one at each epoch's start, and one more made and thrown away at each epoch's
   end, keras/src/trainers/epoch_iterator.py:105-126.
+- validation_split, class_weight: keras/src/backend/tensorflow/trainer.py:342-357 and
+  keras/src/trainers/data_adapters/array_data_adapter.py:31-74; loss scaling: ``scale_loss`` in
+  ``train_step`` (trainer.py:75-76 of the TensorFlow backend); EMA: ``finalize_variable_values``
+  after the last epoch (same file, :447).
 """
 
 from __future__ import annotations
