@@ -156,7 +156,8 @@ class _Evaluator:
 
     def __init__(self, model, val_data, batch_size, compiled):
         self.model, self.batch_size = model, batch_size
-        self.tensors = tuple(tf.convert_to_tensor(array) for array in val_data)  # x, y[, weights]
+        # x, y and the sample weights, if any (fit also takes (x, y, None))
+        self.tensors = tuple(tf.convert_to_tensor(a) for a in val_data if a is not None)
         self.metrics = tuple(model.metrics)
         # Batch dimension None: the partial last batch reuses the one trace.
         signature = [tf.TensorSpec([None, *t.shape[1:]], t.dtype) for t in self.tensors]
@@ -304,6 +305,12 @@ def _overrides(model: keras.Model, method: str) -> bool:
     return getattr(type(model), method) is not getattr(keras.Model, method)
 
 
+def _compile_argument(model: keras.Model, name: str):
+    """What compile() was given as `name`, unserialized (compile keeps its arguments,
+    trainer.py:227-236; ``get_compile_config`` would serialize the optimizer and loss too)."""
+    return model._compile_config.config.get(name)
+
+
 def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: bool = False):
     """Raise for a compiled model, option or data that `train_tape_loop` with these `fixes`
     would train differently from fit, naming it, so that the loop never trains silently
@@ -336,7 +343,7 @@ def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: b
                 isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
             "loss_scale_factor": getattr(optimizer, "loss_scale_factor", None) is not None,
             "use_ema": bool(getattr(optimizer, "use_ema", False)),
-            "loss_weights": model.get_compile_config().get("loss_weights") is not None,
+            "loss_weights": _compile_argument(model, "loss_weights") is not None,
             f"a custom compute_loss ({type(model).__name__}.compute_loss)":
                 _overrides(model, "compute_loss"),
             "a loss per output (dict or list)": isinstance(model.loss, (dict, list, tuple)),
