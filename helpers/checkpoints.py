@@ -55,7 +55,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers.training import _built_optimizer, epoch_orders
+from helpers.training import _require_compiled, epoch_orders
 
 SETTINGS_KEY = "settings/.ATTRIBUTES/VARIABLE_VALUE"  # where tf.train.Checkpoint stores it
 # Callback attributes that carry over from one epoch to the next, by class.
@@ -121,7 +121,9 @@ class TrainingCheckpoint:
 
     def __init__(self, directory, model: keras.Model, settings: dict[str, str],
                  max_to_keep: int = 2, callbacks=()):
-        _built_optimizer(model)  # restoring needs the slots to exist
+        _require_compiled(model)
+        if not model.optimizer.built:  # restoring needs the slots to exist
+            model.optimizer.build(model.trainable_variables)
         self.settings, self.callbacks = settings, list(callbacks)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.history = tf.Variable("{}", dtype=tf.string, trainable=False, name="history")

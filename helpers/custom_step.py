@@ -24,13 +24,7 @@ import keras
 import tensorflow as tf
 
 from helpers.model import compile_like_article, create_cnn
-from helpers.training import (
-    TrainStep,
-    _accuracy_metric,
-    _batch_loss,
-    _built_optimizer,
-    total_loss,
-)
+from helpers.training import TrainStep, tape_train_step
 
 
 def clip_by_layer(model: keras.Model, gradients, max_norm: float) -> list:
@@ -108,24 +102,12 @@ def with_step(model_class: type[MatchedStepModel], seed: int = 0, **kwargs) -> M
     return compile_like_article(model)
 
 
-def layer_clipped_train_step(model: keras.Model, y, max_norm: float) -> TrainStep:
+def layer_clipped_train_step(model: keras.Model, x, y, max_norm: float) -> TrainStep:
     """The tape loop's matched step (helpers.training.matched_train_step) with `clip_by_layer`
     between the gradient and the update: `LayerClippedStepModel`'s step as a loop step."""
-    optimizer = _built_optimizer(model)
-    loss_fn = _batch_loss(model)
-    loss_tracker = keras.metrics.Mean(name="loss")
-    accuracy = _accuracy_metric(y, model)
-
-    def train_step(x_batch, y_batch):
-        with tf.GradientTape() as tape:
-            y_pred = model(x_batch, training=True)
-            loss = total_loss(model, loss_fn, y_batch, y_pred)
-        loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
-        accuracy.update_state(y_batch, y_pred)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(clip_by_layer(model, gradients, max_norm), model.trainable_variables)
-
-    return TrainStep(train_step, (loss_tracker, accuracy))
+    return tape_train_step(
+        model, x, y, dropout=True, mean_loss=True,
+        transform_gradients=lambda gradients: clip_by_layer(model, gradients, max_norm))
 
 
 def layer_clipped(max_norm: float):

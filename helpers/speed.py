@@ -30,6 +30,12 @@ Methods (`METHODS`):
 - ``matched_numpy``, ``matched_tfdata``: the same step under ``tf.function``, fed batches sliced
   from the NumPy arrays each step, or by a ``tf.data`` pipeline (``from_tensor_slices``,
   ``shuffle`` over all samples, ``batch``, ``prefetch``).
+- ``fit_bf16``, ``matched_bf16``: ``fit_auto`` and ``matched_graph`` with the model built and
+  trained under the ``mixed_bfloat16`` dtype policy (`dtype_policy`): bfloat16 computations,
+  float32 variables, no loss scaling (compile adds a ``LossScaleOptimizer`` only under
+  ``mixed_float16``). bfloat16 multiplies run on the AVX-512 BF16 units of CPUs that have them;
+  the FLOP count and the float32 matmul peak are the same as for the float32 methods.
+  `policy_cross_validation` measures what the policy does to the final validation accuracy.
 - ``fit_spe``, ``matched_spe``: ``steps_per_execution`` set to the number of batches in an epoch
   -- fit's ``compile`` option (read from ``model.steps_per_execution``), and
   ``train_matched``'s option of the same name: one call of the compiled function trains the
@@ -56,6 +62,7 @@ same conditions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
@@ -90,6 +97,8 @@ METHODS = {
     "matched_tfdata": "matched step in tf.function, batches from tf.data",
     "matched_xla": "matched tape loop, tf.function(jit_compile=True) (XLA)",
     "matched_spe": "matched tape loop, steps_per_execution = one epoch",
+    "fit_bf16": 'model.fit, jit_compile="auto", mixed_bfloat16 policy',
+    "matched_bf16": "matched tape loop, tf.function, mixed_bfloat16 policy",
 }
 
 
@@ -173,7 +182,7 @@ class _NaiveRunner:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.steps = len(x) // batch_size
         self.samples_per_epoch = self.steps * batch_size
-        self.step, self.metrics = naive_train_step(self.model, y)
+        self.step, self.metrics = naive_train_step(self.model, x, y)
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
@@ -219,7 +228,7 @@ class _MatchedRunner:
         self.samples_per_epoch = len(x)
         self.steps = math.ceil(len(x) / batch_size)
         self.rng = np.random.default_rng(seed)
-        batch_step, self.metrics = matched_train_step(self.model, y)
+        batch_step, self.metrics = matched_train_step(self.model, x, y)
 
         x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
@@ -265,6 +274,32 @@ class _MatchedRunner:
         return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    """Keras' global dtype policy set to `policy` inside the block, the previous one restored
+    after it. Layers take the policy when they are built, so build (and train) under it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+class _PolicyRunner:
+    """Another method's runner, built and run under a dtype policy."""
+
+    def __init__(self, policy: str, make: Callable):
+        self.policy = policy
+        with dtype_policy(policy):
+            self.runner = make()
+        self.model, self.samples_per_epoch = self.runner.model, self.runner.samples_per_epoch
+
+    def run_epoch(self) -> float:
+        with dtype_policy(self.policy):
+            return self.runner.run_epoch()
+
+
 def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
     """A fresh model for `method` and an object whose ``run_epoch()`` trains it for one epoch and
     returns the seconds that took; ``samples_per_epoch`` is how many samples an epoch trains."""
@@ -282,6 +317,10 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
         "matched_xla": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "xla"),
         "matched_spe": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph",
                                               steps_per_epoch),
+        "fit_bf16": lambda: _PolicyRunner(
+            "mixed_bfloat16", lambda: _FitRunner(x, y, batch_size, seed, "auto")),
+        "matched_bf16": lambda: _PolicyRunner(
+            "mixed_bfloat16", lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph")),
     }
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -411,3 +450,36 @@ def format_table(summary: pd.DataFrame) -> str:
                  f"training FLOPs per sample: {flops / 1e6:.2f} M (analytic: forward + "
                  "gradients)")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a dtype policy does to accuracy
+
+
+def policy_cross_validation(x: np.ndarray, y: np.ndarray, *, policies: Sequence[str],
+                            methods: Sequence[str] = ("fit", "matched"), folds: int,
+                            epochs: int, batch_size: int, seed: int = 0,
+                            verbose: int = 0) -> pd.DataFrame:
+    """`helpers.cv.cross_validate` of each of `methods` (names from helpers.training.METHODS)
+    under each dtype policy: the same folds and initial weights for all, every model built and
+    trained inside `dtype_policy`. The tidy table's ``method`` is ``<method>@<policy>``."""
+    from helpers.cv import cross_validate
+    from helpers.training import METHODS as TRAINING_METHODS
+
+    tables = []
+    for policy in policies:
+        def build(seed, policy=policy):
+            with dtype_policy(policy):
+                return create_cnn(seed)
+
+        def under_policy(train, policy=policy):
+            def train_under_policy(*args, **kwargs):
+                with dtype_policy(policy):
+                    return train(*args, **kwargs)
+            return train_under_policy
+
+        tables.append(cross_validate(
+            {f"{name}@{policy}": under_policy(TRAINING_METHODS[name]) for name in methods},
+            x, y, folds=folds, epochs=epochs, batch_size=batch_size, seed=seed,
+            model_fn=build, verbose=verbose))
+    return pd.concat(tables, ignore_index=True)
