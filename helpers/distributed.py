@@ -393,13 +393,19 @@ def launch_workers(args, log=print) -> list[dict]:
 
 def _error_line(handle, width: int = 300) -> str:
     """The exception line of the traceback at the end of a worker's output (``SomeError: ...``,
-    cut to `width` characters), else its last line."""
+    cut to `width` characters) and, if its message goes on over more lines, the last of them;
+    without a traceback, the last line."""
     handle.flush()
     handle.seek(0)
     lines = [line.rstrip() for line in handle if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
-    found = errors[-1] if errors else (lines[-1] if lines else "(no output)")
-    return found if len(found) <= width else found[:width] + "..."
+    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    if not errors:
+        return lines[-1] if lines else "(no output)"
+    found = lines[errors[-1]]
+    found = found if len(found) <= width else found[:width] + "..."
+    if errors[-1] < len(lines) - 1:  # a message over several lines: its first and last line
+        found += " [...] " + lines[-1][-width:]
+    return found
 
 
 def _run_worker(args) -> None:
