@@ -87,11 +87,13 @@ def split_cpu(devices: int) -> list[str]:
     """Split the (first) physical CPU into `devices` logical devices; return their names.
 
     TensorFlow fixes its devices the first time it uses them, so this must run first in a process
-    (tf.config.set_logical_device_configuration raises otherwise)."""
+    (tf.config.set_logical_device_configuration raises otherwise); called again with the same
+    number, it changes nothing."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
-    )
+    if len(tf.config.get_logical_device_configuration(cpu) or []) != devices:  # else done already
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        )
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
@@ -166,13 +168,13 @@ class _DistributedEvaluator:
     ``training=False``, loss metric as in training (trainer.py:90-103)."""
 
     def __init__(self, model, strategy, x_val, y_val, batch_size):
-        self.strategy = strategy
         loss_fn = _batch_loss(model)
         with strategy.scope():
             self.loss_tracker = keras.metrics.Mean(name="val_loss")
             self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
         dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
         self.dataset = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+        self.steps = math.ceil(len(x_val) / batch_size)
 
         def replica_step(x_batch, y_batch):
             y_pred = model(x_batch, training=False)
@@ -181,16 +183,17 @@ class _DistributedEvaluator:
             self.accuracy.update_state(y_batch, y_pred)
 
         @tf.function
-        def evaluate(dataset):
-            for batch in dataset:
-                strategy.run(replica_step, args=batch)
+        def test_step(iterator):
+            strategy.run(replica_step, args=next(iterator))
 
-        self.evaluate = evaluate
+        self.test_step = test_step
 
     def __call__(self) -> tuple[float, float]:
         self.loss_tracker.reset_state()
         self.accuracy.reset_state()
-        self.evaluate(self.dataset)
+        iterator = iter(self.dataset)
+        for _ in range(self.steps):
+            self.test_step(iterator)
         return float(self.loss_tracker.result()), float(self.accuracy.result())
 
 
@@ -308,6 +311,21 @@ def max_history_difference(history_a, history_b) -> float:
 # Several worker processes (MultiWorkerMirroredStrategy) and their launcher
 
 
+def validate_distributed_parameters(*, train_images: int, val_images: int, workers: int,
+                                    timeout: float) -> None:
+    """Notebook 08's own parameters (the shared ones go through helpers.params): image counts
+    >= 1, `workers` >= 2 (one worker is no cluster), `timeout` seconds > 0. A ValueError names
+    the parameter otherwise."""
+    for name, value, minimum in (("train_images", train_images, 1), ("val_images", val_images, 1),
+                                 ("workers", workers, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"parameter {name}={value!r} is not allowed: it must be a whole "
+                             f"number >= {minimum}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"parameter timeout={timeout!r} is not allowed: it must be a number of "
+                         "seconds > 0")
+
+
 def free_ports(count: int) -> list[int]:
     """`count` TCP ports free on 127.0.0.1 right now (the OS picks them; sockets held together so
     the ports differ)."""
@@ -409,14 +427,47 @@ def _error_line(handle, width: int = 300) -> str:
 
 
 def _run_worker(args) -> None:
-    """Inside one worker process: join the cluster TF_CONFIG names, train, save the result."""
+    """Inside one worker process: join the cluster TF_CONFIG names, train, save the result (or,
+    with ``--serve-epochs``, train one epoch each time asked; see `serve_epochs`)."""
     if args.fail:
         raise RuntimeError("this worker was told to fail (--fail), to check the launcher")
     _set_threads(args.threads)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    if args.serve_epochs:
+        serve_epochs(strategy, args)
+        return
     for trainer in args.trainers:
         result = run_trainer(trainer, strategy, args)
         save_result(result, args.out / f"worker_{args.worker_index}" / trainer)
+
+
+EPOCH_REPLY = "epoch-seconds"
+
+
+def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None:
+    """For the throughput benchmark (helpers.speed): train the article's CNN with the loop one
+    epoch (training only) each time a line arrives on `requests`, and answer
+    ``epoch-seconds S``; stop at end of input. Batches come from a ``tf.data`` pipeline that
+    reshuffles every epoch (the same seed on every worker, so they agree on the order)."""
+    x, y = load_mnist("train", subset=args.samples, seed=args.seed)
+    model = build_cnn(strategy, args.seed)
+    train_step, loss_tracker, accuracy = distributed_train_step(model, strategy, y)
+    train_function = tf.function(train_step)
+    dataset = (tf.data.Dataset.from_tensor_slices((x, y))
+               .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+               .batch(args.batch_size))
+    distributed = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+    steps = math.ceil(len(x) / args.batch_size)
+    print("ready", file=replies, flush=True)
+    for _ in requests:
+        start = time.perf_counter()
+        loss_tracker.reset_state()
+        accuracy.reset_state()
+        iterator = iter(distributed)
+        for _ in range(steps):
+            train_function(iterator)
+        float(loss_tracker.result())  # waits for the last step, as the other runners do
+        print(f"{EPOCH_REPLY} {time.perf_counter() - start}", file=replies, flush=True)
 
 
 def _set_threads(threads: int) -> None:
@@ -436,7 +487,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="run in this process under a MirroredStrategy over this many "
                             "logical CPU devices")
     where.add_argument("--worker-index", type=int, default=None,
-                       help="(set by the launcher) be this worker of the cluster in TF_CONFIG")
+                       help="be this worker of the cluster that TF_CONFIG describes (set by "
+                            "the launcher; on real machines, by you on each host)")
     parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=["loop"],
                         help="loop: train_distributed; fit: model.fit under the strategy; "
                              "matched: train_matched on one device (--replicas only)")
@@ -458,6 +510,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fail-worker", type=int, default=None,
                         help="make this worker fail at start (checks the launcher's failure path)")
     parser.add_argument("--fail", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-epochs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_index is None and not (args.workers or args.replicas):
         parser.error("give --workers N or --replicas N")
