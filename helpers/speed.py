@@ -35,6 +35,12 @@ Methods (`METHODS`):
   ``train_matched``'s option of the same name: one call of the compiled function trains the
   whole epoch in a graph loop, so Python and the function call are paid once an epoch rather
   than once a batch.
+- ``workers1``, ``workers2_1thread``: `helpers.distributed`'s loop under a
+  ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
+  2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
+  against one process that uses both cores inside every operation. The workers (127.0.0.1,
+  free ports) stay up across epochs and train one epoch of the global batch when asked; batches
+  come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
 epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
@@ -58,8 +64,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -90,6 +100,8 @@ METHODS = {
     "matched_tfdata": "matched step in tf.function, batches from tf.data",
     "matched_xla": "matched tape loop, tf.function(jit_compile=True) (XLA)",
     "matched_spe": "matched tape loop, steps_per_execution = one epoch",
+    "workers1": "tape loop under MultiWorkerMirroredStrategy, 1 worker process (default threads)",
+    "workers2_1thread": "tape loop, 2 worker processes (data parallel), 1 intra-op thread each",
 }
 
 
@@ -265,6 +277,72 @@ class _MatchedRunner:
         return time.perf_counter() - start
 
 
+class _WorkersRunner:
+    """`helpers.distributed`'s loop on `workers` worker processes of a MultiWorkerMirroredStrategy
+    on this machine (127.0.0.1), each limited to `threads` intra-op threads (0: TensorFlow's
+    default, all cores). The workers stay up across epochs and train one epoch of the global
+    batch `batch_size` each time they are asked (`helpers.distributed.serve_epochs`); an epoch
+    takes as long as the slowest worker reports. They load MNIST themselves, so `x` must be
+    ``load_mnist("train", subset=len(x), seed=seed)`` (checked). Call `close` to stop them."""
+
+    def __init__(self, x, y, batch_size, seed, workers, threads):
+        from helpers.data import load_mnist
+        from helpers.distributed import free_ports, tf_config
+
+        if not np.array_equal(load_mnist("train", subset=len(x), seed=seed)[0], x):
+            raise ValueError("the worker methods need x = load_mnist('train', subset=len(x), "
+                             "seed=seed), which their processes load themselves")
+        self.model = create_cnn(seed)  # what the workers train (for the FLOP count)
+        self.samples_per_epoch = len(x)
+        hosts = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+        self.processes = []
+        for index in range(workers):
+            command = [sys.executable, "-m", "helpers.distributed", "--worker-index", str(index),
+                       "--serve-epochs", "--samples", str(len(x)), "--batch-size",
+                       str(batch_size), "--seed", str(seed), "--threads", str(threads)]
+            env = dict(os.environ, TF_CONFIG=tf_config(hosts, index), TF_CPP_MIN_LOG_LEVEL="2")
+            self.processes.append(subprocess.Popen(
+                command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True))
+        weakref.finalize(self, _stop, self.processes)
+        for process in self.processes:
+            self._reply(process, "ready")
+
+    @staticmethod
+    def _reply(process, prefix: str) -> str:
+        for line in process.stdout:
+            if line.startswith(prefix):
+                return line
+        _stop([process])
+        raise RuntimeError(f"benchmark worker (pid {process.pid}) ended with exit code "
+                           f"{process.returncode} before answering {prefix!r}")
+
+    def run_epoch(self) -> float:
+        from helpers.distributed import EPOCH_REPLY
+
+        for process in self.processes:
+            process.stdin.write("\n")
+            process.stdin.flush()
+        return max(float(self._reply(process, EPOCH_REPLY).split()[1])
+                   for process in self.processes)
+
+    def close(self) -> None:
+        _stop(self.processes)
+
+
+def _stop(processes, timeout: float = 30) -> None:
+    """Close the workers' input (they stop at its end); kill any still running after `timeout`."""
+    for process in processes:
+        if process.stdin and not process.stdin.closed:
+            process.stdin.close()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
     """A fresh model for `method` and an object whose ``run_epoch()`` trains it for one epoch and
     returns the seconds that took; ``samples_per_epoch`` is how many samples an epoch trains."""
@@ -282,6 +360,9 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
         "matched_xla": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "xla"),
         "matched_spe": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph",
                                               steps_per_epoch),
+        "workers1": lambda: _WorkersRunner(x, y, batch_size, seed, workers=1, threads=0),
+        "workers2_1thread": lambda: _WorkersRunner(x, y, batch_size, seed, workers=2,
+                                                   threads=1),
     }
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -359,6 +440,9 @@ def measure(
                     f"({kind}): " + ", ".join(
                         f"{r['method']} {r['samples_per_s']:.0f}" for r in done
                     ) + " samples/s")
+        for runner in runners.values():
+            if isinstance(runner, _WorkersRunner):
+                runner.close()
     return Measurement(pd.DataFrame(rows), peaks, flops, jit)
 
 
