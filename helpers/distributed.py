@@ -8,8 +8,9 @@ workers, where Keras 3's fit does not (keras-team/keras#20585).
 under that strategy (Keras 3.15.1, TensorFlow backend):
 
 - the dataset is distributed by the strategy (``experimental_distribute_dataset``, as fit's
-  ``TFEpochIterator``, keras/src/backend/tensorflow/trainer.py:754-760) and each step is
-  ``strategy.run`` inside one ``tf.function`` that takes the iterator (trainer.py:131-139);
+  ``TFEpochIterator``, keras/src/backend/tensorflow/trainer.py:747-757) and each step is
+  ``strategy.run`` inside one ``tf.function`` (trainer.py:131-147) on the iterator's next batch
+  (:150-155);
 - the loss of each replica is its own batch mean times ``1 / replicas``: Keras' Loss objects do
   that themselves inside a replica context (keras/src/losses/loss.py:160 calls
   ``scale_loss_for_distribution``, :229-243), and fit scales each of ``model.losses`` the same
@@ -36,7 +37,11 @@ fresh process: the command line below runs every configuration in its own proces
 ``--workers N`` it starts N worker processes on 127.0.0.1 (free ports chosen at run time), each
 with its ``TF_CONFIG``; waits for them (``--timeout``); and if one fails, stops the others and
 exits non-zero with that worker's error. On real machines, start the same worker command on each
-host with ``TF_CONFIG`` naming every host (README, "More than one device").
+host with ``TF_CONFIG`` naming every host (README, "More than one device"). TensorFlow's gRPC
+server binds the worker's port on every interface ("0.0.0.0:" + port is hard-coded in
+tensorflow/core/distributed_runtime/rpc/grpc_server_lib.cc; there is no option), so the
+workers' ports are reachable from outside this machine while they run, although the cluster
+only ever connects to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ def _check_strategy(model, strategy) -> None:
 
 
 def distributed_train_step(model, strategy, y):
-    """fit's train step under `strategy` (trainer.py:53-88, 131-139): a function of a distributed
+    """fit's train step under `strategy` (trainer.py:53-88, 131-155): a function of a distributed
     iterator that takes the next global batch and runs the replica step on every replica."""
     _check_strategy(model, strategy)
     loss_fn = _batch_loss(model)
