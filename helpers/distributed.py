@@ -23,13 +23,13 @@ under that strategy (Keras 3.15.1, TensorFlow backend):
   outside the replicas adds up every replica's totals and counts;
 - validation is ``training=False`` over the distributed validation set (trainer.py:90-103).
 
-The partial last batch: the strategy cuts every global batch into per-replica batches of
-``ceil(global / replicas)`` samples, filled in replica order, so a last batch of 33 samples at
-global batch 64 on 2 replicas becomes 32 + 1 (and a batch smaller than that leaves the last
-replicas empty, which contribute 0). fit gives each replica's *mean* the same weight, so that one
-sample weighs as much as the other 32 -- unlike one device, where the 33 samples are averaged.
-This loop does exactly what fit does; with every batch split evenly the two agree with one device
-(tests/test_distributed.py).
+The partial last batch: the strategy splits every global batch as evenly as it can, the first
+replicas taking ``ceil(n / replicas)`` samples and the last ones the rest, so at global batch 64
+on 2 replicas a last batch of 34 becomes 17 + 17, of 33 becomes 17 + 16, and of 1 becomes 1 + 0
+(an empty replica contributes a loss and gradient of 0). fit gives each replica's *mean* the same
+weight, so on an uneven split its step differs from one device's (which averages over the whole
+batch) -- slightly for 17 + 16, and by half for 1 + 0. This loop does exactly what fit does; with
+every batch split evenly both agree with one device (tests/test_distributed.py).
 
 Splitting the CPU into logical devices (`split_cpu`) and starting a worker of a
 ``MultiWorkerMirroredStrategy`` must happen before TensorFlow initializes its devices, i.e. in a
