@@ -141,6 +141,11 @@ def _check_strategy(model, strategy) -> None:
             "it inside `with strategy.scope():` so that its variables, the optimizer's and the "
             "metrics' are replicated (as fit requires)"
         )
+    if model.jit_compile:  # "auto" resolves to True on a GPU/TPU (keras/src/trainers/trainer.py)
+        raise ValueError(
+            f"model {model.name!r} is compiled with jit_compile=True, so fit would run its step "
+            "under XLA; this loop does not: compile with jit_compile=False to compare them"
+        )
 
 
 def distributed_train_step(model, strategy, y):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.distributed import (
@@ -169,3 +170,20 @@ def test_benchmark_workers_train_epochs_on_request_and_stop_cleanly():
     finally:
         runner.close()
     assert [process.returncode for process in runner.processes] == [0, 0]
+
+
+def test_the_loop_refuses_what_it_cannot_reproduce():
+    """A model from outside the strategy's scope, or compiled for XLA, is an error naming why."""
+    import tensorflow as tf
+
+    from helpers.distributed import build_cnn, distributed_train_step
+    from helpers.model import create_cnn
+
+    strategy = tf.distribute.get_strategy()
+    outside = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with pytest.raises(ValueError, match="not built under this strategy's scope"):
+        distributed_train_step(build_cnn(outside, 0), strategy, np.zeros((1, 10)))
+    model = create_cnn(0, compile=False)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
+    with pytest.raises(ValueError, match="jit_compile=True"):
+        distributed_train_step(model, strategy, np.zeros((1, 10)))
