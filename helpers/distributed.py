@@ -25,11 +25,14 @@ under that strategy (Keras 3.15.1, TensorFlow backend):
 
 The partial last batch: the strategy splits every global batch as evenly as it can, the first
 replicas taking ``ceil(n / replicas)`` samples and the last ones the rest, so at global batch 64
-on 2 replicas a last batch of 34 becomes 17 + 17, of 33 becomes 17 + 16, and of 1 becomes 1 + 0
-(an empty replica contributes a loss and gradient of 0). fit gives each replica's *mean* the same
-weight, so on an uneven split its step differs from one device's (which averages over the whole
-batch) -- slightly for 17 + 16, and by half for 1 + 0. This loop does exactly what fit does; with
-every batch split evenly both agree with one device (tests/test_distributed.py).
+on 2 replicas a last batch of 34 becomes 17 + 17 and one of 33 becomes 17 + 16. fit gives each
+replica's *mean* the same weight, so on an uneven split its step differs slightly from one
+device's, which averages over the whole batch. This loop does exactly what fit does; with every
+batch split evenly both agree with one device (tests/test_distributed.py). A batch smaller than
+the number of replicas (a last batch of 1 here) leaves a replica with no samples, and then
+TensorFlow 2.21's CPU convolution fails ("input depth must be evenly divisible by filter depth:
+1 vs 32") -- under fit and this loop alike, in training and in validation: choose sizes whose
+remainder is 0 or at least the number of replicas.
 
 Splitting the CPU into logical devices (`split_cpu`) and starting a worker of a
 ``MultiWorkerMirroredStrategy`` must happen before TensorFlow initializes its devices, i.e. in a
