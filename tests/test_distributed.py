@@ -158,21 +158,6 @@ def test_free_ports_and_tf_config():
                       '"task": {"type": "worker", "index": 1}}')
 
 
-def test_benchmark_workers_train_epochs_on_request_and_stop_cleanly():
-    """helpers.speed's `workers2_1thread`: two single-thread worker processes answer each epoch
-    request with its duration, and exit (code 0) once their input is closed."""
-    from helpers import speed
-    from helpers.data import load_mnist
-
-    x, y = load_mnist("train", subset=130, seed=0)
-    runner = speed.make_runner("workers2_1thread", x, y, batch_size=64, seed=0)
-    try:
-        assert runner.run_epoch() > 0
-    finally:
-        runner.close()
-    assert [process.returncode for process in runner.processes] == [0, 0]
-
-
 def test_the_loop_refuses_what_it_cannot_reproduce():
     """A model from outside the strategy's scope, or compiled for XLA, is an error naming why."""
     import tensorflow as tf
