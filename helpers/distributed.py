@@ -527,7 +527,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.worker_index is None and not (args.workers or args.replicas):
         parser.error("give --workers N or --replicas N")
-    if args.out is None:
+    if args.out is None and not args.serve_epochs:  # a benchmark worker writes no files
         args.out = Path(tempfile.mkdtemp(prefix="tape-vs-fit-distributed-"))
     if "matched" in args.trainers and args.workers:
         parser.error("--trainers matched runs on one device; use it with --replicas")
