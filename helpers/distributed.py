@@ -43,8 +43,11 @@ exits non-zero with that worker's error. On real machines, start the same worker
 host with ``TF_CONFIG`` naming every host (README, "More than one device"). TensorFlow's gRPC
 server binds the worker's port on every interface ("0.0.0.0:" + port is hard-coded in
 tensorflow/core/distributed_runtime/rpc/grpc_server_lib.cc; there is no option), so the
-workers' ports are reachable from outside this machine while they run, although the cluster
-only ever connects to 127.0.0.1.
+launcher runs the workers in a private network namespace whose only interface is loopback
+(helpers.private_network; Linux, as root): there 0.0.0.0 means 127.0.0.1 of that namespace, and
+nothing outside it can connect. Where no such namespace can be made (not root, no permission to
+unshare), the workers run on this machine's network as before, and the launcher prints a warning
+that their ports are reachable from other interfaces while they run.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +70,7 @@ from keras import ops
 
 from helpers.data import load_mnist
 from helpers.model import compile_like_article, create_cnn
+from helpers.private_network import LoopbackNetwork
 from helpers.training import (
     HISTORY_KEYS,
     TrainStep,
@@ -339,21 +342,6 @@ def validate_distributed_parameters(*, train_images: int, val_images: int, worke
                          "seconds > 0")
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` TCP ports free on 127.0.0.1 right now (the OS picks them; sockets held together so
-    the ports differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def tf_config(hosts: list[str], index: int) -> str:
     """The TF_CONFIG of worker `index` in a cluster of workers at `hosts` ("host:port")."""
     return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
@@ -379,45 +367,50 @@ def _worker_command(args, index: int) -> list[str]:
 
 
 def launch_workers(args, log=print) -> list[dict]:
-    """Start `args.workers` worker processes on 127.0.0.1, wait for all of them (at most
-    `args.timeout` seconds), and return each worker's result for each trainer. On a failure or
-    the timeout, stop every worker still running and raise WorkerError naming the worker and
-    quoting the end of its error output."""
-    hosts = [f"127.0.0.1:{port}" for port in free_ports(args.workers)]
+    """Start `args.workers` worker processes talking over 127.0.0.1 -- in a private network
+    namespace with only a loopback interface where one can be made (helpers.private_network;
+    otherwise with a warning that their ports are reachable from other interfaces) -- wait for
+    all of them (at most `args.timeout` seconds), and return each worker's result for each
+    trainer. On a failure or the timeout, stop every worker still running and raise WorkerError
+    naming the worker and quoting the end of its error output."""
     args.out.mkdir(parents=True, exist_ok=True)
     processes, logs = [], []
-    try:
-        for index in range(args.workers):
-            env = dict(os.environ, TF_CONFIG=tf_config(hosts, index))
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            stderr = open(args.out / f"worker_{index}.log", "w+")  # noqa: SIM115 (closed below)
-            logs.append(stderr)
-            processes.append(subprocess.Popen(_worker_command(args, index), env=env,
-                                              stdout=stderr, stderr=subprocess.STDOUT))
-        log(f"started {args.workers} workers on {', '.join(hosts)}; logs in {args.out}")
-        deadline = time.monotonic() + args.timeout
-        running = set(range(args.workers))
-        while running:
-            for index in sorted(running):
-                code = processes[index].poll()
-                if code is None:
-                    continue
-                running.discard(index)
-                if code != 0:
-                    raise WorkerError(f"worker {index} failed (exit code {code}): "
-                                      f"{_error_line(logs[index])}\n(its output: "
-                                      f"{logs[index].name})", index)
-            if running and time.monotonic() > deadline:
-                raise WorkerError(f"workers {sorted(running)} did not finish within "
-                                  f"{args.timeout:.0f} s", min(running))
-            time.sleep(0.2)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        for handle in logs:
-            handle.close()
+    with LoopbackNetwork(args.workers) as network:
+        try:
+            for index in range(args.workers):
+                env = dict(os.environ, TF_CONFIG=tf_config(network.hosts, index))
+                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+                stderr = open(args.out / f"worker_{index}.log", "w+")  # noqa: SIM115 (closed below)
+                logs.append(stderr)
+                processes.append(subprocess.Popen(
+                    network.prefix + _worker_command(args, index), env=env, stdout=stderr,
+                    stderr=subprocess.STDOUT))
+            where = "a private loopback-only network" if network.private else "this machine"
+            log(f"started {args.workers} workers on {', '.join(network.hosts)} ({where}); "
+                f"logs in {args.out}")
+            deadline = time.monotonic() + args.timeout
+            running = set(range(args.workers))
+            while running:
+                for index in sorted(running):
+                    code = processes[index].poll()
+                    if code is None:
+                        continue
+                    running.discard(index)
+                    if code != 0:
+                        raise WorkerError(f"worker {index} failed (exit code {code}): "
+                                          f"{_error_line(logs[index])}\n(its output: "
+                                          f"{logs[index].name})", index)
+                if running and time.monotonic() > deadline:
+                    raise WorkerError(f"workers {sorted(running)} did not finish within "
+                                      f"{args.timeout:.0f} s", min(running))
+                time.sleep(0.2)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            for handle in logs:
+                handle.close()
     return [{trainer: load_result(args.out / f"worker_{index}" / trainer)
              for trainer in args.trainers} for index in range(args.workers)]
 

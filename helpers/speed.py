@@ -39,7 +39,8 @@ Methods (`METHODS`):
   ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
   2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
   against one process that uses both cores inside every operation. The workers (127.0.0.1,
-  free ports) stay up across epochs and train one epoch of the global batch when asked; batches
+  free ports, in a private loopback-only network where one can be made: helpers.private_network)
+  stay up across epochs and train one epoch of the global batch when asked; batches
   come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
@@ -279,32 +280,35 @@ class _MatchedRunner:
 
 class _WorkersRunner:
     """`helpers.distributed`'s loop on `workers` worker processes of a MultiWorkerMirroredStrategy
-    on this machine (127.0.0.1), each limited to `threads` intra-op threads (0: TensorFlow's
-    default, all cores). The workers stay up across epochs and train one epoch of the global
-    batch `batch_size` each time they are asked (`helpers.distributed.serve_epochs`); an epoch
-    takes as long as the slowest worker reports. They load MNIST themselves, so `x` must be
-    ``load_mnist("train", subset=len(x), seed=seed)`` (checked). Call `close` to stop them."""
+    on this machine (127.0.0.1, in a `helpers.private_network.LoopbackNetwork`), each limited to
+    `threads` intra-op threads (0: TensorFlow's default, all cores). The workers stay up across
+    epochs and train one epoch of the global batch `batch_size` each time they are asked
+    (`helpers.distributed.serve_epochs`); an epoch takes as long as the slowest worker reports.
+    They load MNIST themselves, so `x` must be ``load_mnist("train", subset=len(x), seed=seed)``
+    (checked). Call `close` to stop them."""
 
     def __init__(self, x, y, batch_size, seed, workers, threads):
         from helpers.data import load_mnist
-        from helpers.distributed import free_ports, tf_config
+        from helpers.distributed import tf_config
+        from helpers.private_network import LoopbackNetwork
 
         if not np.array_equal(load_mnist("train", subset=len(x), seed=seed)[0], x):
             raise ValueError("the worker methods need x = load_mnist('train', subset=len(x), "
                              "seed=seed), which their processes load themselves")
         self.model = create_cnn(seed)  # what the workers train (for the FLOP count)
         self.samples_per_epoch = len(x)
-        hosts = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+        self.network = LoopbackNetwork(workers)
         self.processes = []
         for index in range(workers):
             command = [sys.executable, "-m", "helpers.distributed", "--worker-index", str(index),
                        "--serve-epochs", "--samples", str(len(x)), "--batch-size",
                        str(batch_size), "--seed", str(seed), "--threads", str(threads)]
-            env = dict(os.environ, TF_CONFIG=tf_config(hosts, index), TF_CPP_MIN_LOG_LEVEL="2")
+            env = dict(os.environ, TF_CONFIG=tf_config(self.network.hosts, index),
+                       TF_CPP_MIN_LOG_LEVEL="2")
             self.processes.append(subprocess.Popen(
-                command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True))
-        weakref.finalize(self, _stop, self.processes)
+                self.network.prefix + command, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        weakref.finalize(self, _stop, self.processes, self.network)
         for process in self.processes:
             self._reply(process, "ready")
 
@@ -327,11 +331,12 @@ class _WorkersRunner:
                    for process in self.processes)
 
     def close(self) -> None:
-        _stop(self.processes)
+        _stop(self.processes, self.network)
 
 
-def _stop(processes, timeout: float = 30) -> None:
-    """Close the workers' input (they stop at its end); kill any still running after `timeout`."""
+def _stop(processes, network=None, timeout: float = 30) -> None:
+    """Close the workers' input (they stop at its end); kill any still running after `timeout`;
+    then close their `network`, if given."""
     for process in processes:
         if process.stdin and not process.stdin.closed:
             process.stdin.close()
@@ -341,6 +346,8 @@ def _stop(processes, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if network is not None:
+        network.close()
 
 
 def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
