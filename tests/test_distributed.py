@@ -3,8 +3,10 @@
 Every run that needs 2 logical CPU devices or a MultiWorkerMirroredStrategy worker happens in a
 fresh process (this one has TensorFlow's devices initialized already): `python -m
 helpers.distributed`, with tiny data (a few hundred images, 1-2 epochs) and a timeout on every
-wait. Workers talk over 127.0.0.1 on ports chosen free at run time, and the launcher kills every
-worker that is still running when it returns or fails (checked below).
+wait. Workers talk over 127.0.0.1 on ports chosen free at run time, inside a private network
+namespace with only a loopback interface (helpers.private_network), which makes TensorFlow's
+0.0.0.0 listeners unreachable from this machine's network (checked below, as root); the launcher
+kills every worker that is still running, and the namespace's holder, when it returns or fails.
 
 Tolerances: with 2 replicas every all-reduce adds two numbers, and a + b == b + a exactly in
 floating point, so the reduction order cannot change a bit; fit, the loop under
@@ -17,16 +19,19 @@ gradients summed over 32 instead of 64 images -- so it is compared to a float32 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import private_network
 from helpers.distributed import (
     WorkerError,
-    free_ports,
     launch_workers,
     load_result,
     main,
@@ -35,6 +40,7 @@ from helpers.distributed import (
     parse_args,
     tf_config,
 )
+from helpers.private_network import LoopbackNetwork, free_ports
 
 # 609 = 9 full batches of 64 and a partial one of 33, which 2 replicas split 17 + 16; the 130
 # validation images end in a batch of 2, split 1 + 1. (A batch of 1 would leave a replica empty,
@@ -65,6 +71,48 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:  # the process ended meanwhile
                 pass
     return found
+
+
+def left_behind(tmp_path: Path) -> list[int]:
+    """Workers of the run writing to `tmp_path`, and namespace holders, still running."""
+    return processes_mentioning(str(tmp_path)) + processes_mentioning("helpers.private_network")
+
+
+LISTEN = "0A"  # the state column of /proc/net/tcp (include/net/tcp_states.h: TCP_LISTEN = 10)
+
+
+def tcp_listeners(net: Path) -> set[tuple[str, int]]:
+    """(local address in hex, port) of every listening TCP socket in the network namespace whose
+    /proc/.../net folder is `net` (tcp: IPv4, tcp6: IPv6)."""
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in (net / table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == LISTEN:
+                address, port = fields[1].split(":")
+                found.add((address, int(port, 16)))
+    return found
+
+
+class ListenerWatch(threading.Thread):
+    """While running, collect the TCP listeners of this process's network namespace (the
+    host's) and of every process whose command line mentions `marker` (the workers)."""
+
+    def __init__(self, marker: str):
+        super().__init__(daemon=True)
+        self.marker, self.done = marker, threading.Event()
+        self.host_before = tcp_listeners(Path("/proc/self/net"))
+        self.host, self.workers = set(), set()
+
+    def run(self):
+        while not self.done.is_set():
+            self.host |= tcp_listeners(Path("/proc/self/net"))
+            for pid in processes_mentioning(self.marker):
+                try:
+                    self.workers |= tcp_listeners(Path(f"/proc/{pid}/net"))
+                except OSError:  # the process ended meanwhile
+                    pass
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +155,55 @@ def worker_args(out: Path, *extra: str):
                        *extra])
 
 
-def test_two_workers_end_equal_and_match_mirrored_strategy(mirrored, tmp_path):
-    results = launch_workers(worker_args(tmp_path), log=lambda line: None)
-    first, second = (result["loop"] for result in results)
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """One run of the loop on 2 MWMS workers, with the TCP listeners seen while it ran."""
+    out = tmp_path_factory.mktemp("workers")
+    started = []
+    watch = ListenerWatch(str(out))
+    watch.start()
+    try:
+        results = launch_workers(worker_args(out), log=started.append)
+    finally:
+        watch.done.set()
+        watch.join()
+    return {"results": results, "started": started[0], "watch": watch,
+            "left_behind": left_behind(out)}
+
+
+def test_two_workers_end_equal_and_match_mirrored_strategy(mirrored, two_workers):
+    first, second = (result["loop"] for result in two_workers["results"])
     assert first["replicas"] == second["replicas"] == 2
     assert max_weight_difference(first["weights"], second["weights"]) == 0
     assert max_history_difference(first["history"], mirrored["loop"]["history"]) == 0
     assert max_weight_difference(first["weights"], mirrored["loop"]["weights"]) == 0
-    assert not processes_mentioning(str(tmp_path))
+    assert not two_workers["left_behind"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private network namespace needs root")
+def test_workers_listen_only_inside_their_private_network(two_workers):
+    """TensorFlow's servers bind 0.0.0.0 (grpc_server_lib.cc). While the workers ran, their
+    ports were listening in the workers' own network namespace (read from /proc/PID/net/tcp*,
+    so the check below can see a listener) and never in this machine's (/proc/self/net/tcp*)."""
+    assert "(a private loopback-only network)" in two_workers["started"], two_workers["started"]
+    ports = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", two_workers["started"])}
+    watch = two_workers["watch"]
+    assert len(ports) == 2
+    assert ports <= {port for _, port in watch.workers}, (ports, watch.workers)
+    appeared_on_host = {port for _, port in watch.host - watch.host_before}
+    assert not ports & appeared_on_host
+
+
+def test_without_a_namespace_the_network_warns(monkeypatch):
+    """The fallback where no namespace can be made (here: as if unshare were not installed)."""
+    monkeypatch.setattr(private_network.shutil, "which", lambda tool: None)
+    warnings = []
+    with LoopbackNetwork(2, warn=warnings.append) as network:
+        assert (network.private, network.prefix, network.holder) == (False, [], None)
+        assert len(set(network.hosts)) == 2 and all(
+            host.startswith("127.0.0.1:") for host in network.hosts)
+    assert len(warnings) == 1 and "no unshare command" in warnings[0]
+    assert "ports are reachable from other interfaces" in warnings[0]
 
 
 def test_fit_still_fails_under_multi_worker_mirrored_strategy(tmp_path):
@@ -129,7 +218,7 @@ def test_fit_still_fails_under_multi_worker_mirrored_strategy(tmp_path):
         "notebook 08's claim that only a tape loop can is out of date: revisit it, and turn "
         "this test into one that compares fit with the loop under MWMS."
     )
-    assert not processes_mentioning(str(tmp_path))
+    assert not left_behind(tmp_path)
 
 
 def test_launcher_names_the_failed_worker_and_stops_the_others(tmp_path, capsys):
@@ -139,7 +228,7 @@ def test_launcher_names_the_failed_worker_and_stops_the_others(tmp_path, capsys)
     assert code == 1
     assert "worker 1 failed" in error and "RuntimeError: this worker was told to fail" in error
     # Worker 0 was waiting for worker 1 in the cluster; the launcher must have killed it.
-    assert not processes_mentioning(str(tmp_path))
+    assert not left_behind(tmp_path)
 
 
 def test_launcher_stops_workers_that_do_not_finish_in_time(tmp_path):
@@ -147,7 +236,7 @@ def test_launcher_stops_workers_that_do_not_finish_in_time(tmp_path):
     args.timeout = 1  # far less than starting TensorFlow takes
     with pytest.raises(WorkerError, match="did not finish within 1 s"):
         launch_workers(args, log=lambda line: None)
-    assert not processes_mentioning(str(tmp_path))
+    assert not left_behind(tmp_path)
 
 
 def test_free_ports_and_tf_config():
