@@ -41,6 +41,13 @@ Methods (`METHODS`):
   ``train_matched``'s option of the same name: one call of the compiled function trains the
   whole epoch in a graph loop, so Python and the function call are paid once an epoch rather
   than once a batch.
+- ``workers1``, ``workers2_1thread``: `helpers.distributed`'s loop under a
+  ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
+  2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
+  against one process that uses both cores inside every operation. The workers (127.0.0.1,
+  free ports, in a private loopback-only network where one can be made: helpers.private_network)
+  stay up across epochs and train one epoch of the global batch when asked; batches
+  come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
 epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
@@ -65,8 +72,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -99,6 +110,8 @@ METHODS = {
     "matched_spe": "matched tape loop, steps_per_execution = one epoch",
     "fit_bf16": 'model.fit, jit_compile="auto", mixed_bfloat16 policy',
     "matched_bf16": "matched tape loop, tf.function, mixed_bfloat16 policy",
+    "workers1": "tape loop under MultiWorkerMirroredStrategy, 1 worker process (default threads)",
+    "workers2_1thread": "tape loop, 2 worker processes (data parallel), 1 intra-op thread each",
 }
 
 
@@ -300,6 +313,78 @@ class _PolicyRunner:
             return self.runner.run_epoch()
 
 
+class _WorkersRunner:
+    """`helpers.distributed`'s loop on `workers` worker processes of a MultiWorkerMirroredStrategy
+    on this machine (127.0.0.1, in a `helpers.private_network.LoopbackNetwork`), each limited to
+    `threads` intra-op threads (0: TensorFlow's default, all cores). The workers stay up across
+    epochs and train one epoch of the global batch `batch_size` each time they are asked
+    (`helpers.distributed.serve_epochs`); an epoch takes as long as the slowest worker reports.
+    They load MNIST themselves, so `x` must be ``load_mnist("train", subset=len(x), seed=seed)``
+    (checked). Call `close` to stop them."""
+
+    def __init__(self, x, y, batch_size, seed, workers, threads):
+        from helpers.data import load_mnist
+        from helpers.distributed import tf_config
+        from helpers.private_network import LoopbackNetwork
+
+        if not np.array_equal(load_mnist("train", subset=len(x), seed=seed)[0], x):
+            raise ValueError("the worker methods need x = load_mnist('train', subset=len(x), "
+                             "seed=seed), which their processes load themselves")
+        self.model = create_cnn(seed)  # what the workers train (for the FLOP count)
+        self.samples_per_epoch = len(x)
+        self.network = LoopbackNetwork(workers)
+        self.processes = []
+        for index in range(workers):
+            command = [sys.executable, "-m", "helpers.distributed", "--worker-index", str(index),
+                       "--serve-epochs", "--samples", str(len(x)), "--batch-size",
+                       str(batch_size), "--seed", str(seed), "--threads", str(threads)]
+            env = dict(os.environ, TF_CONFIG=tf_config(self.network.hosts, index),
+                       TF_CPP_MIN_LOG_LEVEL="2")
+            self.processes.append(subprocess.Popen(
+                self.network.prefix + command, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        weakref.finalize(self, _stop, self.processes, self.network)
+        for process in self.processes:
+            self._reply(process, "ready")
+
+    @staticmethod
+    def _reply(process, prefix: str) -> str:
+        for line in process.stdout:
+            if line.startswith(prefix):
+                return line
+        _stop([process])
+        raise RuntimeError(f"benchmark worker (pid {process.pid}) ended with exit code "
+                           f"{process.returncode} before answering {prefix!r}")
+
+    def run_epoch(self) -> float:
+        from helpers.distributed import EPOCH_REPLY
+
+        for process in self.processes:
+            process.stdin.write("\n")
+            process.stdin.flush()
+        return max(float(self._reply(process, EPOCH_REPLY).split()[1])
+                   for process in self.processes)
+
+    def close(self) -> None:
+        _stop(self.processes, self.network)
+
+
+def _stop(processes, network=None, timeout: float = 30) -> None:
+    """Close the workers' input (they stop at its end); kill any still running after `timeout`;
+    then close their `network`, if given."""
+    for process in processes:
+        if process.stdin and not process.stdin.closed:
+            process.stdin.close()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if network is not None:
+        network.close()
+
+
 def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int = 0):
     """A fresh model for `method` and an object whose ``run_epoch()`` trains it for one epoch and
     returns the seconds that took; ``samples_per_epoch`` is how many samples an epoch trains."""
@@ -321,6 +406,9 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
             "mixed_bfloat16", lambda: _FitRunner(x, y, batch_size, seed, "auto")),
         "matched_bf16": lambda: _PolicyRunner(
             "mixed_bfloat16", lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph")),
+        "workers1": lambda: _WorkersRunner(x, y, batch_size, seed, workers=1, threads=0),
+        "workers2_1thread": lambda: _WorkersRunner(x, y, batch_size, seed, workers=2,
+                                                   threads=1),
     }
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -398,6 +486,9 @@ def measure(
                     f"({kind}): " + ", ".join(
                         f"{r['method']} {r['samples_per_s']:.0f}" for r in done
                     ) + " samples/s")
+        for runner in runners.values():
+            if isinstance(runner, _WorkersRunner):
+                runner.close()
     return Measurement(pd.DataFrame(rows), peaks, flops, jit)
 
 

@@ -1,0 +1,569 @@
+"""The matched tape loop under ``tf.distribute``: equal to fit where fit runs, and on several
+workers, where Keras 3's fit does not (keras-team/keras#20585).
+
+    python -m helpers.distributed --workers 2                 # MultiWorkerMirroredStrategy
+    python -m helpers.distributed --replicas 2 --trainers fit loop   # MirroredStrategy, 2 CPUs
+
+`train_distributed` trains a compiled model, built under ``strategy.scope()``, the way fit does
+under that strategy (Keras 3.15.1, TensorFlow backend):
+
+- the dataset is distributed by the strategy (``experimental_distribute_dataset``, as fit's
+  ``TFEpochIterator``, keras/src/backend/tensorflow/trainer.py:747-757) and each step is
+  ``strategy.run`` inside one ``tf.function`` (trainer.py:131-147) on the iterator's next batch
+  (:150-155);
+- the loss of each replica is its own batch mean times ``1 / replicas``: Keras' Loss objects do
+  that themselves inside a replica context (keras/src/losses/loss.py:160 calls
+  ``scale_loss_for_distribution``, :229-243), and fit scales each of ``model.losses`` the same
+  way (trainer.py:742-744). The optimizer then *sums* the replicas' gradients
+  (keras/src/backend/tensorflow/optimizer.py:141-160), so the update is the mean of the
+  replicas' batch-mean gradients;
+- the loss metric gets the unscaled loss, weighted by the replica's batch size (trainer.py:69-74,
+  ``unscale_loss_for_distribution`` at loss.py:246-258); metric variables are ``on_read``
+  variables aggregated by ``sum`` (keras/src/metrics/metric.py:193-204), so reading a result
+  outside the replicas adds up every replica's totals and counts;
+- validation is ``training=False`` over the distributed validation set (trainer.py:90-103).
+
+The partial last batch: the strategy splits every global batch as evenly as it can, the first
+replicas taking ``ceil(n / replicas)`` samples and the last ones the rest, so at global batch 64
+on 2 replicas a last batch of 34 becomes 17 + 17 and one of 33 becomes 17 + 16. fit gives each
+replica's *mean* the same weight, so on an uneven split its step differs slightly from one
+device's, which averages over the whole batch. This loop does exactly what fit does; with every
+batch split evenly both agree with one device (tests/test_distributed.py). A batch smaller than
+the number of replicas (a last batch of 1 here) leaves a replica with no samples, and then
+TensorFlow 2.21's CPU convolution fails ("input depth must be evenly divisible by filter depth:
+1 vs 32") -- under fit and this loop alike, in training and in validation: choose sizes whose
+remainder is 0 or at least the number of replicas.
+
+Splitting the CPU into logical devices (`split_cpu`) and starting a worker of a
+``MultiWorkerMirroredStrategy`` must happen before TensorFlow initializes its devices, i.e. in a
+fresh process: the command line below runs every configuration in its own process(es). With
+``--workers N`` it starts N worker processes on 127.0.0.1 (free ports chosen at run time), each
+with its ``TF_CONFIG``; waits for them (``--timeout``); and if one fails, stops the others and
+exits non-zero with that worker's error. On real machines, start the same worker command on each
+host with ``TF_CONFIG`` naming every host (README, "More than one device"). TensorFlow's gRPC
+server binds the worker's port on every interface ("0.0.0.0:" + port is hard-coded in
+tensorflow/core/distributed_runtime/rpc/grpc_server_lib.cc; there is no option), so the
+launcher runs the workers in a private network namespace whose only interface is loopback
+(helpers.private_network; Linux, as root): there 0.0.0.0 means 127.0.0.1 of that namespace, and
+nothing outside it can connect. Where no such namespace can be made (not root, no permission to
+unshare), the workers run on this machine's network as before, and the launcher prints a warning
+that their ports are reachable from other interfaces while they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from helpers.data import load_mnist
+from helpers.model import compile_like_article, create_cnn
+from helpers.private_network import LoopbackNetwork
+from helpers.training import (
+    HISTORY_KEYS,
+    TrainStep,
+    _accuracy_metric,
+    _batch_loss,
+    _built_optimizer,
+    _check_orders,
+    _require_compiled,
+    _run_epochs,
+    epoch_orders,
+    ordered_dataset,
+    train_fit,
+    train_matched,
+)
+
+TRAINERS = ("loop", "fit", "matched")
+ARTICLE_DROPOUT = 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and strategies (call before TensorFlow has initialized its devices)
+
+
+def split_cpu(devices: int) -> list[str]:
+    """Split the (first) physical CPU into `devices` logical devices; return their names.
+
+    TensorFlow fixes its devices the first time it uses them, so this must run first in a process
+    (tf.config.set_logical_device_configuration raises otherwise); called again with the same
+    number, it changes nothing."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) != devices:  # else done already
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        )
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def mirrored_strategy(replicas: int):
+    """A MirroredStrategy over `replicas` logical CPU devices of this machine (see `split_cpu`)."""
+    return tf.distribute.MirroredStrategy(split_cpu(replicas))
+
+
+# ----------------------------------------------------------------------------------------------
+# The step and the loop
+
+
+def replica_loss(model, loss_fn, y, y_pred):
+    """This replica's share of fit's loss under a strategy with R replicas in sync:
+    batch-mean loss / R + sum of each of model.losses / R.
+
+    `loss_fn` is a Keras Loss with the default ``sum_over_batch_size`` reduction; called inside
+    ``strategy.run`` it already divides its batch mean by R (keras/src/losses/loss.py:160). The
+    extra losses (regularizers, ``add_loss``) are summed and divided by R here, as fit's
+    ``_aggregate_additional_loss`` does (keras/src/backend/tensorflow/trainer.py:742-744)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    extra = [ops.sum(loss) for loss in model.losses]
+    if replicas > 1:
+        extra = [ops.multiply(loss, ops.cast(1.0 / replicas, loss.dtype)) for loss in extra]
+    losses = [loss_fn(y, y_pred), *extra]
+    return losses[0] if len(losses) == 1 else ops.sum(losses)
+
+
+def _unscaled(loss):
+    """The loss as the History reports it: times R again (loss.py:246-258)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return ops.multiply(loss, ops.cast(replicas, loss.dtype)) if replicas > 1 else loss
+
+
+def _check_strategy(model, strategy) -> None:
+    _require_compiled(model)
+    if model.distribute_strategy is not strategy:
+        raise ValueError(
+            f"model {model.name!r} was not built under this strategy's scope: create and compile "
+            "it inside `with strategy.scope():` so that its variables, the optimizer's and the "
+            "metrics' are replicated (as fit requires)"
+        )
+    if model.jit_compile:  # "auto" resolves to True on a GPU/TPU (keras/src/trainers/trainer.py)
+        raise ValueError(
+            f"model {model.name!r} is compiled with jit_compile=True, so fit would run its step "
+            "under XLA; this loop does not: compile with jit_compile=False to compare them"
+        )
+
+
+def distributed_train_step(model, strategy, y):
+    """fit's train step under `strategy` (trainer.py:53-88, 131-155): a function of a distributed
+    iterator that takes the next global batch and runs the replica step on every replica."""
+    _check_strategy(model, strategy)
+    loss_fn = _batch_loss(model)
+    with strategy.scope():
+        optimizer = _built_optimizer(model)
+        loss_tracker = keras.metrics.Mean(name="loss")
+        accuracy = _accuracy_metric(y, model)
+
+    def replica_step(x_batch, y_batch):
+        with tf.GradientTape() as tape:
+            y_pred = model(x_batch, training=True)
+            loss = replica_loss(model, loss_fn, y_batch, y_pred)
+        loss_tracker.update_state(_unscaled(loss), sample_weight=tf.shape(x_batch)[0])
+        accuracy.update_state(y_batch, y_pred)
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))  # sums over replicas
+
+    def train_step(iterator):
+        strategy.run(replica_step, args=next(iterator))
+
+    return TrainStep(train_step, loss_tracker, accuracy)
+
+
+class _DistributedEvaluator:
+    """fit's validation under a strategy: batches of `batch_size` split over the replicas,
+    ``training=False``, loss metric as in training (trainer.py:90-103)."""
+
+    def __init__(self, model, strategy, x_val, y_val, batch_size):
+        loss_fn = _batch_loss(model)
+        with strategy.scope():
+            self.loss_tracker = keras.metrics.Mean(name="val_loss")
+            self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
+        dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
+        self.dataset = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+        self.steps = math.ceil(len(x_val) / batch_size)
+
+        def replica_step(x_batch, y_batch):
+            y_pred = model(x_batch, training=False)
+            loss = replica_loss(model, loss_fn, y_batch, y_pred)
+            self.loss_tracker.update_state(_unscaled(loss), sample_weight=tf.shape(x_batch)[0])
+            self.accuracy.update_state(y_batch, y_pred)
+
+        @tf.function
+        def test_step(iterator):
+            strategy.run(replica_step, args=next(iterator))
+
+        self.test_step = test_step
+
+    def __call__(self) -> tuple[float, float]:
+        self.loss_tracker.reset_state()
+        self.accuracy.reset_state()
+        iterator = iter(self.dataset)
+        for _ in range(self.steps):
+            self.test_step(iterator)
+        return float(self.loss_tracker.result()), float(self.accuracy.result())
+
+
+def _shard_by_data(dataset):
+    """Shard by batch across workers (each worker takes its slice of every global batch), said
+    explicitly: the dataset is made from tensors, not files, so there is nothing else to shard."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_size, seed,
+                      verbose=0, batch_orders=None):
+    """The matched loop under `strategy`, with `helpers.training`'s signature and History keys.
+
+    `batch_size` is the *global* batch, split over the replicas; the epoch orders are
+    `epoch_orders(N, epochs, seed)` or exactly `batch_orders`, fed as
+    `helpers.training.ordered_dataset` -- the dataset `train_fit` gives fit -- so fit and this
+    loop see the same batches. One ``tf.function`` takes the iterator and runs one step, traced
+    once (the iterator's batch dimension is unknown, so the partial batch does not retrace)."""
+    x, y = train_data
+    batch_orders = (epoch_orders(len(x), epochs, seed) if batch_orders is None
+                    else _check_orders(batch_orders, len(x), epochs))
+    train_step, loss_tracker, accuracy = distributed_train_step(model, strategy, y)
+    evaluate = _DistributedEvaluator(model, strategy, *val_data, batch_size)
+    dataset = _shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one across all epochs
+    train_function = tf.function(train_step)
+    steps = math.ceil(len(x) / batch_size)
+
+    def batches(epoch):
+        for _ in range(steps):
+            yield (iterator,)
+
+    return _run_epochs(train_function, batches, steps, epochs, loss_tracker, accuracy, evaluate,
+                       verbose)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run of the command line: a model, a trainer, a strategy; results to a folder
+
+
+def build_cnn(strategy, seed: int, dropout: float = ARTICLE_DROPOUT, l2: float = 0.0,
+              optimizer="adam"):
+    """The article's CNN and compile call (helpers.model), made under `strategy`'s scope, with
+    its Dropout rate set to `dropout` (0 turns it off: each replica draws its own masks, which
+    one device's batch cannot reproduce) and, if `l2` > 0, an L2 penalty on every kernel (so that
+    ``model.losses`` is not empty)."""
+    with strategy.scope():
+        model = create_cnn(seed, compile=False)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = dropout
+            if l2 and hasattr(layer, "kernel"):
+                layer.kernel.regularizer = keras.regularizers.L2(l2)
+        compile_like_article(model, optimizer=optimizer)
+    return model
+
+
+def load_split(samples: int, val_samples: int, seed: int):
+    """A stratified, seeded slice of MNIST: (x_train, y_train), (x_val, y_val)."""
+    x, y = load_mnist("train", subset=samples + val_samples, seed=seed)
+    return (x[:samples], y[:samples]), (x[samples:], y[samples:])
+
+
+def run_trainer(trainer: str, strategy, args) -> dict:
+    """Train one fresh model with `trainer` ("loop": `train_distributed` under `strategy`;
+    "fit": `model.fit` under `strategy`; "matched": `train_matched` on one device, no strategy)
+    on the batches `epoch_orders(samples, epochs, seed)`; return History and weights."""
+    train, val = load_split(args.samples, args.val_samples, args.seed)
+    orders = epoch_orders(len(train[0]), args.epochs, args.seed)
+    if trainer == "matched":
+        strategy = tf.distribute.get_strategy()  # the default: one device
+    model = build_cnn(strategy, args.seed, args.dropout, args.l2)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                  batch_orders=orders)
+    if trainer == "loop":
+        history = train_distributed(model, strategy, train, val, **common)
+    elif trainer == "fit":
+        history = train_fit(model, train, val, **common)
+    else:
+        history = train_matched(model, train, val, **common)
+    return {"history": history, "weights": model.get_weights(),
+            "replicas": strategy.num_replicas_in_sync}
+
+
+def save_result(result: dict, path: Path) -> None:
+    """History (JSON) and weights (.npz) of one run, as path.json and path.npz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".npz"), *result["weights"])
+    meta = {key: value for key, value in result.items() if key != "weights"}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def load_result(path: Path) -> dict:
+    path = Path(path)
+    result = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path.with_suffix(".npz")) as arrays:
+        result["weights"] = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return result
+
+
+def max_weight_difference(weights_a, weights_b) -> float:
+    """Largest absolute difference between two lists of weight arrays."""
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(weights_a, weights_b, strict=True))
+
+
+def max_history_difference(history_a, history_b) -> float:
+    """Largest absolute difference over the History's metrics and epochs."""
+    return max(float(np.max(np.abs(np.subtract(history_a[key], history_b[key]))))
+               for key in HISTORY_KEYS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several worker processes (MultiWorkerMirroredStrategy) and their launcher
+
+
+def validate_distributed_parameters(*, train_images: int, val_images: int, workers: int,
+                                    timeout: float) -> None:
+    """Notebook 08's own parameters (the shared ones go through helpers.params): image counts
+    >= 1, `workers` >= 2 (one worker is no cluster), `timeout` seconds > 0. A ValueError names
+    the parameter otherwise."""
+    for name, value, minimum in (("train_images", train_images, 1), ("val_images", val_images, 1),
+                                 ("workers", workers, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"parameter {name}={value!r} is not allowed: it must be a whole "
+                             f"number >= {minimum}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"parameter timeout={timeout!r} is not allowed: it must be a number of "
+                         "seconds > 0")
+
+
+def tf_config(hosts: list[str], index: int) -> str:
+    """The TF_CONFIG of worker `index` in a cluster of workers at `hosts` ("host:port")."""
+    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed (or the workers did not finish in time)."""
+
+    def __init__(self, message: str, worker: int | None):
+        super().__init__(message)
+        self.worker = worker
+
+
+def _worker_command(args, index: int) -> list[str]:
+    command = [sys.executable, "-m", "helpers.distributed", "--worker-index", str(index),
+               "--trainers", *args.trainers, "--out", str(args.out)]
+    for name in ("epochs", "samples", "val_samples", "batch_size", "seed", "dropout", "l2",
+                 "threads"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.fail_worker == index:
+        command.append("--fail")
+    return command
+
+
+def launch_workers(args, log=print) -> list[dict]:
+    """Start `args.workers` worker processes talking over 127.0.0.1 -- in a private network
+    namespace with only a loopback interface where one can be made (helpers.private_network;
+    otherwise with a warning that their ports are reachable from other interfaces) -- wait for
+    all of them (at most `args.timeout` seconds), and return each worker's result for each
+    trainer. On a failure or the timeout, stop every worker still running and raise WorkerError
+    naming the worker and quoting the end of its error output."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    processes, logs = [], []
+    with LoopbackNetwork(args.workers) as network:
+        try:
+            for index in range(args.workers):
+                env = dict(os.environ, TF_CONFIG=tf_config(network.hosts, index))
+                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+                stderr = open(args.out / f"worker_{index}.log", "w+")  # noqa: SIM115 (closed below)
+                logs.append(stderr)
+                processes.append(subprocess.Popen(
+                    network.prefix + _worker_command(args, index), env=env, stdout=stderr,
+                    stderr=subprocess.STDOUT))
+            where = "a private loopback-only network" if network.private else "this machine"
+            log(f"started {args.workers} workers on {', '.join(network.hosts)} ({where}); "
+                f"logs in {args.out}")
+            deadline = time.monotonic() + args.timeout
+            running = set(range(args.workers))
+            while running:
+                for index in sorted(running):
+                    code = processes[index].poll()
+                    if code is None:
+                        continue
+                    running.discard(index)
+                    if code != 0:
+                        raise WorkerError(f"worker {index} failed (exit code {code}): "
+                                          f"{_error_line(logs[index])}\n(its output: "
+                                          f"{logs[index].name})", index)
+                if running and time.monotonic() > deadline:
+                    raise WorkerError(f"workers {sorted(running)} did not finish within "
+                                      f"{args.timeout:.0f} s", min(running))
+                time.sleep(0.2)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            for handle in logs:
+                handle.close()
+    return [{trainer: load_result(args.out / f"worker_{index}" / trainer)
+             for trainer in args.trainers} for index in range(args.workers)]
+
+
+def _error_line(handle, width: int = 300) -> str:
+    """The exception line of the traceback at the end of a worker's output (``SomeError: ...``,
+    cut to `width` characters) and, if its message goes on over more lines, the last of them;
+    without a traceback, the last line."""
+    handle.flush()
+    handle.seek(0)
+    lines = [line.rstrip() for line in handle if line.strip()]
+    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    if not errors:
+        return lines[-1] if lines else "(no output)"
+    found = lines[errors[-1]]
+    found = found if len(found) <= width else found[:width] + "..."
+    if errors[-1] < len(lines) - 1:  # a message over several lines: its first and last line
+        found += " [...] " + lines[-1][-width:]
+    return found
+
+
+def _run_worker(args) -> None:
+    """Inside one worker process: join the cluster TF_CONFIG names, train, save the result (or,
+    with ``--serve-epochs``, train one epoch each time asked; see `serve_epochs`)."""
+    if args.fail:
+        raise RuntimeError("this worker was told to fail (--fail), to check the launcher")
+    _set_threads(args.threads)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    if args.serve_epochs:
+        serve_epochs(strategy, args)
+        return
+    for trainer in args.trainers:
+        result = run_trainer(trainer, strategy, args)
+        save_result(result, args.out / f"worker_{args.worker_index}" / trainer)
+
+
+EPOCH_REPLY = "epoch-seconds"
+
+
+def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None:
+    """For the throughput benchmark (helpers.speed): train the article's CNN with the loop one
+    epoch (training only) each time a line arrives on `requests`, and answer
+    ``epoch-seconds S``; stop at end of input. Batches come from a ``tf.data`` pipeline that
+    reshuffles every epoch (the same seed on every worker, so they agree on the order)."""
+    x, y = load_mnist("train", subset=args.samples, seed=args.seed)
+    model = build_cnn(strategy, args.seed)
+    train_step, loss_tracker, accuracy = distributed_train_step(model, strategy, y)
+    train_function = tf.function(train_step)
+    dataset = (tf.data.Dataset.from_tensor_slices((x, y))
+               .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+               .batch(args.batch_size))
+    distributed = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+    steps = math.ceil(len(x) / args.batch_size)
+    print("ready", file=replies, flush=True)
+    for _ in requests:
+        start = time.perf_counter()
+        loss_tracker.reset_state()
+        accuracy.reset_state()
+        iterator = iter(distributed)
+        for _ in range(steps):
+            train_function(iterator)
+        float(loss_tracker.result())  # waits for the last step, as the other runners do
+        print(f"{EPOCH_REPLY} {time.perf_counter() - start}", file=replies, flush=True)
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=0,
+                       help="start this many worker processes (MultiWorkerMirroredStrategy)")
+    where.add_argument("--replicas", type=int, default=0,
+                       help="run in this process under a MirroredStrategy over this many "
+                            "logical CPU devices")
+    where.add_argument("--worker-index", type=int, default=None,
+                       help="be this worker of the cluster that TF_CONFIG describes (set by "
+                            "the launcher; on real machines, by you on each host)")
+    parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=["loop"],
+                        help="loop: train_distributed; fit: model.fit under the strategy; "
+                             "matched: train_matched on one device (--replicas only)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=640, help="training images")
+    parser.add_argument("--val-samples", type=int, default=160, help="validation images")
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=ARTICLE_DROPOUT,
+                        help="Dropout rate of the CNN (0 to compare with one device)")
+    parser.add_argument("--l2", type=float, default=0.0,
+                        help="L2 penalty on every kernel (0: none, as in the article)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads per process (0: TensorFlow's default)")
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="seconds to wait for the workers before stopping them")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the results (default: a new temporary folder)")
+    parser.add_argument("--fail-worker", type=int, default=None,
+                        help="make this worker fail at start (checks the launcher's failure path)")
+    parser.add_argument("--fail", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-epochs", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker_index is None and not (args.workers or args.replicas):
+        parser.error("give --workers N or --replicas N")
+    if args.out is None and not args.serve_epochs:  # a benchmark worker writes no files
+        args.out = Path(tempfile.mkdtemp(prefix="tape-vs-fit-distributed-"))
+    if "matched" in args.trainers and args.workers:
+        parser.error("--trainers matched runs on one device; use it with --replicas")
+    for name in ("epochs", "samples", "val_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.dropout < 1:
+        parser.error("--dropout must be in [0, 1)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker_index is not None:
+        _run_worker(args)
+        return 0
+    if args.workers:
+        try:
+            results = launch_workers(args)
+        except WorkerError as error:
+            print(f"launcher: {error}", file=sys.stderr)
+            return 1
+        for trainer in args.trainers:
+            histories = [result[trainer]["history"] for result in results]
+            spread = max(max_weight_difference(results[0][trainer]["weights"], other["weights"])
+                         for other in (result[trainer] for result in results[1:]))
+            print(f"{trainer}: {args.workers} workers, final loss "
+                  f"{[round(h['loss'][-1], 6) for h in histories]}, val_accuracy "
+                  f"{[round(h['val_accuracy'][-1], 4) for h in histories]}; max |weight "
+                  f"difference| between workers {spread:.3g}")
+        print(f"results in {args.out}")
+        return 0
+    _set_threads(args.threads)
+    strategy = mirrored_strategy(args.replicas)
+    for trainer in args.trainers:
+        result = run_trainer(trainer, strategy, args)
+        save_result(result, args.out / trainer)
+        print(f"{trainer}: {result['replicas']} replica(s), final loss "
+              f"{result['history']['loss'][-1]:.6f}, val_accuracy "
+              f"{result['history']['val_accuracy'][-1]:.4f}")
+    print(f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
