@@ -74,9 +74,6 @@ from helpers.private_network import LoopbackNetwork
 from helpers.training import (
     HISTORY_KEYS,
     TrainStep,
-    _accuracy_metric,
-    _batch_loss,
-    _built_optimizer,
     _check_orders,
     _require_compiled,
     _run_epochs,
@@ -139,6 +136,23 @@ def _unscaled(loss):
     return ops.multiply(loss, ops.cast(replicas, loss.dtype)) if replicas > 1 else loss
 
 
+def _batch_loss(model) -> keras.losses.Loss:
+    """The compiled loss as a Keras Loss with the default ``sum_over_batch_size`` reduction, as
+    compile() wraps a loss given by name or function (keras/src/losses/losses.py)."""
+    if isinstance(model.loss, keras.losses.Loss):
+        return model.loss
+    return keras.losses.LossFunctionWrapper(keras.losses.get(model.loss))
+
+
+def _accuracy_metric(y, model, name: str = "accuracy") -> keras.metrics.Metric:
+    """The metric compile(metrics=["accuracy"]) picks for these labels and outputs."""
+    if model.output_shape[-1] == 1:
+        return keras.metrics.BinaryAccuracy(name=name)
+    if np.ndim(y) >= 2 and np.shape(y)[-1] > 1:
+        return keras.metrics.CategoricalAccuracy(name=name)
+    return keras.metrics.SparseCategoricalAccuracy(name=name)
+
+
 def _check_strategy(model, strategy) -> None:
     _require_compiled(model)
     if model.distribute_strategy is not strategy:
@@ -160,7 +174,9 @@ def distributed_train_step(model, strategy, y):
     _check_strategy(model, strategy)
     loss_fn = _batch_loss(model)
     with strategy.scope():
-        optimizer = _built_optimizer(model)
+        optimizer = model.optimizer
+        if not optimizer.built:  # as fit does before its first step (one trace)
+            optimizer.build(model.trainable_variables)
         loss_tracker = keras.metrics.Mean(name="loss")
         accuracy = _accuracy_metric(y, model)
 
@@ -176,7 +192,7 @@ def distributed_train_step(model, strategy, y):
     def train_step(iterator):
         strategy.run(replica_step, args=next(iterator))
 
-    return TrainStep(train_step, loss_tracker, accuracy)
+    return TrainStep(train_step, (loss_tracker, accuracy))
 
 
 class _DistributedEvaluator:
@@ -204,13 +220,15 @@ class _DistributedEvaluator:
 
         self.test_step = test_step
 
-    def __call__(self) -> tuple[float, float]:
+    def __call__(self) -> dict[str, float]:
+        """One validation pass; fit's ``val_*`` logs."""
         self.loss_tracker.reset_state()
         self.accuracy.reset_state()
         iterator = iter(self.dataset)
         for _ in range(self.steps):
             self.test_step(iterator)
-        return float(self.loss_tracker.result()), float(self.accuracy.result())
+        return {metric.name: float(metric.result())
+                for metric in (self.loss_tracker, self.accuracy)}
 
 
 def _shard_by_data(dataset):
@@ -233,19 +251,19 @@ def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_si
     x, y = train_data
     batch_orders = (epoch_orders(len(x), epochs, seed) if batch_orders is None
                     else _check_orders(batch_orders, len(x), epochs))
-    train_step, loss_tracker, accuracy = distributed_train_step(model, strategy, y)
+    step = distributed_train_step(model, strategy, y)
     evaluate = _DistributedEvaluator(model, strategy, *val_data, batch_size)
     dataset = _shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
     iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one across all epochs
-    train_function = tf.function(train_step)
+    train_function = tf.function(step.step)
     steps = math.ceil(len(x) / batch_size)
 
     def batches(epoch):
         for _ in range(steps):
             yield (iterator,)
 
-    return _run_epochs(train_function, batches, steps, epochs, loss_tracker, accuracy, evaluate,
-                       verbose)
+    return _run_epochs(train_function, batches, steps, epochs, step, evaluate, verbose,
+                       model=model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,8 +475,8 @@ def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None
     reshuffles every epoch (the same seed on every worker, so they agree on the order)."""
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     model = build_cnn(strategy, args.seed)
-    train_step, loss_tracker, accuracy = distributed_train_step(model, strategy, y)
-    train_function = tf.function(train_step)
+    step = distributed_train_step(model, strategy, y)
+    train_function = tf.function(step.step)
     dataset = (tf.data.Dataset.from_tensor_slices((x, y))
                .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
                .batch(args.batch_size))
@@ -467,12 +485,11 @@ def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None
     print("ready", file=replies, flush=True)
     for _ in requests:
         start = time.perf_counter()
-        loss_tracker.reset_state()
-        accuracy.reset_state()
+        step.reset_metrics()
         iterator = iter(distributed)
         for _ in range(steps):
             train_function(iterator)
-        float(loss_tracker.result())  # waits for the last step, as the other runners do
+        float(step.metrics[0].result())  # waits for the last step, as the other runners do
         print(f"{EPOCH_REPLY} {time.perf_counter() - start}", file=replies, flush=True)
 
 
