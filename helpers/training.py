@@ -19,9 +19,10 @@ The model must be compiled: the optimizer and loss given to `compile` are the on
   tests). Where TensorFlow's graph "arithmetic optimizer" regroups a sum differently in the two
   graphs (seen with BatchNormalization + an L2 regularizer) the match is to ~1e-6, and bit for
   bit again with ``tf.config.optimizer.set_experimental_options({"arithmetic_optimization":
-  False})`` (tests/test_training.py).
+  False})`` (tests/test_training.py). Both are asserted on CPU with the pinned and with the oldest
+  supported TensorFlow/Keras (helpers.environment); versions in between are not tested.
 
-Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend:
+Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend (lines of the pin):
 - ``training=True``, loss, gradient, update, metrics: keras/src/backend/tensorflow/trainer.py:53-88
   (``train_step``); inference-mode validation: same file, ``test_step`` at :90.
 - the loss is the compiled loss (reduction ``sum_over_batch_size``) plus the sum of each of
