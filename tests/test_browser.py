@@ -225,6 +225,7 @@ def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
     path = notebook.relative_to(ROOT).as_posix()
     committed = notebook.read_bytes()
     page = browser.new_page()
+    page.bring_to_front()  # the page a reader looks at (hidden pages may defer rendering)
     try:
         page.goto(f"{base}/lab/tree/{path}?token={token}")
         # Open, with its kernel started and idle: nothing has run, so nothing may have changed.
@@ -246,12 +247,14 @@ def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
             "the run to start", 120)
         state = wait_for_state(page, path, finished, "every cell to run", RUN_TIMEOUT_S)
 
-        if any(FIGURE_CALL.search(cell["source"]) for cell in state["cells"]):
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            figure = page.locator(".jp-OutputArea-output img").first
-            if figure.count():
-                figure.screenshot(path=str(SCREENSHOTS / f"{notebook.stem}.png"))
         found = problems(state)
+        if any(FIGURE_CALL.search(cell["source"]) for cell in state["cells"]):
+            figures = page.locator(".jp-OutputArea-output img").filter(visible=True)
+            if figures.count():
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                figures.first.screenshot(path=str(SCREENSHOTS / f"{notebook.stem}.png"))
+            else:
+                found.append("no figure visible on the page")
         assert not found, f"{path} in JupyterLab:\n" + "\n".join(found)
         assert notebook.read_bytes() == committed, f"{path} was saved (autosave should be off)"
     finally:
