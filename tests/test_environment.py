@@ -88,14 +88,14 @@ def test_pinned_environment_is_quiet(fake_installed, capsys):
 
 def test_outside_the_range_is_kept_with_a_message(fake_installed, capsys):
     installed, calls = fake_installed
-    installed.update(tensorflow="2.23.0", keras="3.9.2")
+    installed.update(tensorflow="2.23.0", keras="3.4.1")
     versions = environment.check_environment(install_missing=True)
     out = capsys.readouterr().out
     assert calls == [], "nothing installed over TensorFlow or Keras"
-    assert versions["tensorflow"] == "2.23.0" and versions["keras"] == "3.9.2"
+    assert versions["tensorflow"] == "2.23.0" and versions["keras"] == "3.4.1"
     assert "tensorflow 2.23.0 is outside the tested range <2.22,>=2.18 (kept, not replaced)" in out
-    assert "keras 3.9.2 is outside the tested range" in out
-    assert "Using tensorflow 2.23.0, keras 3.9.2. Bit-for-bit" in out
+    assert "keras 3.4.1 is outside the tested range" in out
+    assert "Using tensorflow 2.23.0, keras 3.4.1. Bit-for-bit" in out
 
 
 def test_missing_packages_are_installed_on_a_hosted_notebook_only(fake_installed, capsys):
