@@ -153,7 +153,9 @@ def cross_validate(
         for method, train in methods.items():
             fold_file = results_path / method / f"fold_{fold:02d}.csv" if results_path else None
             if fold_file is not None and fold_file.exists():
-                tables.append(pd.read_csv(fold_file))
+                # round_trip: pandas 2's default parser can change a float's last digit, and a
+                # resumed run must equal an uninterrupted one (pandas 3 round-trips anyway).
+                tables.append(pd.read_csv(fold_file, float_precision="round_trip"))
                 if verbose:
                     print(f"fold {fold + 1}/{folds} {method}: finished earlier, read {fold_file}")
                 continue

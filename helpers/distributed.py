@@ -136,12 +136,24 @@ def _unscaled(loss):
     return ops.multiply(loss, ops.cast(replicas, loss.dtype)) if replicas > 1 else loss
 
 
+class _ReducedLoss(keras.losses.Loss):
+    """A per-sample loss function with Keras' default batch reduction (``sum_over_batch_size``),
+    as compile() wraps a loss given by name or function (keras/src/losses/losses.py,
+    ``LossFunctionWrapper``, which Keras does not export)."""
+
+    def __init__(self, per_sample_fn):
+        super().__init__(name=getattr(per_sample_fn, "__name__", "loss"))
+        self.per_sample_fn = per_sample_fn
+
+    def call(self, y_true, y_pred):
+        return self.per_sample_fn(y_true, y_pred)
+
+
 def _batch_loss(model) -> keras.losses.Loss:
-    """The compiled loss as a Keras Loss with the default ``sum_over_batch_size`` reduction, as
-    compile() wraps a loss given by name or function (keras/src/losses/losses.py)."""
+    """The compiled loss as a Keras Loss with the default ``sum_over_batch_size`` reduction."""
     if isinstance(model.loss, keras.losses.Loss):
         return model.loss
-    return keras.losses.LossFunctionWrapper(keras.losses.get(model.loss))
+    return _ReducedLoss(keras.losses.get(model.loss))
 
 
 def _accuracy_metric(y, model, name: str = "accuracy") -> keras.metrics.Metric:

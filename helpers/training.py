@@ -29,12 +29,13 @@ whatever the callbacks log (e.g. ``learning_rate``).
   regroups a sum differently in the two graphs (seen with BatchNormalization + an L2
   regularizer) the match is to ~1e-6, and bit for bit again with
   ``tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})``
-  (tests/test_training.py).
+  (tests/test_training.py). Both are asserted on CPU with the pinned and with the oldest
+  supported TensorFlow/Keras (helpers.environment); versions in between are not tested.
 - ``METHODS`` names them all for `helpers.cv.cross_validate`, including the ablation's 8
   variants (`ablation_variants`): the article's loop with one fix (``naive+<key>``) and the
   matched loop without one (``matched-<key>``).
 
-Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend:
+Where each behaviour of fit lives, Keras 3.15.1 source, TensorFlow backend (lines of the pin):
 - ``training=True``, loss, gradient, update, metrics: keras/src/backend/tensorflow/trainer.py:53-88
   (``train_step``); inference-mode validation: same file, ``test_step`` at :90.
 - the loss is the compiled loss (reduction ``sum_over_batch_size``) plus the sum of each of

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Create .venv (if absent) and install the pinned requirements into it.
 #
-# Idempotent and quick: pip runs only when requirements.txt or pyproject.toml is newer than the
-# stamp left by the last successful install (or with --force).
+# Idempotent and quick: pip runs only when the requirements file or pyproject.toml is newer than
+# the stamp left by the last successful install (or with --force).
 #
-# Usage: bash scripts/setup.sh [--force]
+# Usage: bash scripts/setup.sh [--oldest] [--force]
+#   --oldest  .venv-oldest with requirements-oldest.txt: the oldest supported versions, which
+#             scripts/test_oldest.sh (run by CI) tests the helpers with.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=.venv
+requirements=requirements.txt
+force=""
+for argument in "$@"; do
+    case "$argument" in
+        --oldest) venv=.venv-oldest; requirements=requirements-oldest.txt ;;
+        --force) force=1 ;;
+        *) echo "setup: unknown argument $argument (usage: setup.sh [--oldest] [--force])" >&2
+           exit 2 ;;
+    esac
+done
 stamp="$venv/.requirements-installed"
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -36,13 +48,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
     fi
 fi
 
-if [[ "${1:-}" != "--force" && -f "$stamp" && "$stamp" -nt requirements.txt \
+if [[ -z "$force" && -f "$stamp" && "$stamp" -nt "$requirements" \
       && "$stamp" -nt pyproject.toml ]]; then
-    echo "setup: $venv is up to date with requirements.txt"
+    echo "setup: $venv is up to date with $requirements"
     exit 0
 fi
 
-echo "setup: installing requirements.txt into $venv (a few minutes the first time)"
-"$venv/bin/python" -m pip install --quiet -r requirements.txt
+echo "setup: installing $requirements into $venv (a few minutes the first time)"
+"$venv/bin/python" -m pip install --quiet -r "$requirements"
 touch "$stamp"
 echo "setup: done"

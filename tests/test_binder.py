@@ -1,0 +1,45 @@
+"""binder/, checked offline (mybinder.org cannot be reached from CI): the image installs the
+tested requirements.txt, with tensorflow-cpu for tensorflow, and postBuild installs the package."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BINDER = ROOT / "binder"
+
+
+def requirement_lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def test_binder_requirements_are_requirements_txt_with_tensorflow_cpu():
+    expected = []
+    for line in requirement_lines(ROOT / "requirements.txt"):
+        if line == "-e .":
+            continue  # postBuild installs the package (without dependencies)
+        expected.append(re.sub(r"^tensorflow==", "tensorflow-cpu==", line))
+    assert requirement_lines(BINDER / "requirements.txt") == expected
+
+
+def test_binder_swap_is_documented():
+    text = (BINDER / "requirements.txt").read_text(encoding="utf-8")
+    assert "tensorflow-cpu instead of tensorflow" in text
+
+
+def test_postbuild_installs_the_package_without_dependencies():
+    postbuild = BINDER / "postBuild"
+    assert os.access(postbuild, os.X_OK), "repo2docker runs postBuild only if it is executable"
+    commands = requirement_lines(postbuild)
+    assert commands[0] == "set -e"
+    # --no-deps: pyproject.toml names `tensorflow`, which would pull a second TensorFlow next to
+    # tensorflow-cpu; helpers.environment accepts tensorflow-cpu as TensorFlow.
+    assert "pip install --no-deps -e ." in commands
+
+
+def test_runtime_is_the_tested_python():
+    assert (BINDER / "runtime.txt").read_text(encoding="utf-8").strip() == "python-3.11"

@@ -1,0 +1,265 @@
+"""Every notebook as a reader runs it: JupyterLab in headless Chromium, "Restart Kernel and Run All
+Cells" from the Kernel menu, at the smoke settings (the kernel inherits TAPE_VS_FIT_SMOKE=1).
+
+Fails on: a notebook marked modified as soon as it is open (before anything ran), an error
+output, output on stderr (e.g. TensorFlow's start-up log lines), a figure-making cell without a
+figure, or a cell that did not run. The first figure of each notebook is saved as a screenshot
+under output/browser/.
+
+The server listens on 127.0.0.1 with a random free port and a token; its settings and workspace
+folders are throwaway, autosave is off (nothing is written back to notebooks/). Chromium is
+Debian's (/usr/bin/chromium; .ci/run installs it), driven by Playwright, which downloads no
+browser. Deselect with ``-m "not browser"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SCREENSHOTS = ROOT / "output" / "browser"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# A call that draws a figure: plt.subplots(...), plt.figure(...), helpers' plot_...(...).
+FIGURE_CALL = re.compile(r"\b(?:plt\.(?:subplots|figure)|plot_\w+)\(")
+RUN_TIMEOUT_S = 600  # per notebook, at the smoke settings, on a busy 2-core machine
+# JupyterLab user settings (one file per plugin):
+SETTINGS = {
+    # Nothing is saved: the notebooks under test stay as committed.
+    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+    # Attach every cell to the page (the default "full" windowing leaves off-screen cells out).
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    # No requests to the internet, no news toast over the menu bar.
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                    "checkForUpdates": False},
+    "@jupyterlab/extensionmanager-extension/plugin": {"enabled": False},
+}
+
+# The notebook's state, read from JupyterLab's model (window.jupyterapp, exposed by
+# --LabApp.expose_app_in_browser) rather than from the rendered page.
+STATE_JS = """path => {
+  const app = window.jupyterapp;
+  if (!app) return null;
+  const panel = Array.from(app.shell.widgets('main')).find(w => w.context?.path === path);
+  if (!panel || !panel.context.isReady || !panel.sessionContext.isReady) return null;
+  const cells = [];
+  for (const cell of panel.content.model.cells) {
+    cells.push({type: cell.type, source: cell.sharedModel.getSource(),
+                count: cell.type === 'code' ? cell.executionCount : null,
+                outputs: cell.type === 'code' ? cell.outputs.toJSON() : []});
+  }
+  return {dirty: panel.context.model.dirty,
+          kernel: panel.sessionContext.session?.kernel?.status ?? null, cells};
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_settings(settings_dir: Path) -> None:
+    for plugin, values in SETTINGS.items():
+        path = settings_dir / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values), encoding="utf-8")
+
+
+def api(base: str, token: str, route: str, method: str = "GET"):
+    request = urllib.request.Request(f"{base}{route}", method=method,
+                                     headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group started by `process`, SIGKILL after 30 s."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # already gone
+            break
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """(base URL, token) of a JupyterLab server on the repository root; stopped afterwards."""
+    tmp = tmp_path_factory.mktemp("lab")
+    write_settings(tmp / "settings")
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, TAPE_VS_FIT_SMOKE="1", JUPYTER_CONFIG_DIR=str(tmp / "config"),
+               JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), IPYTHONDIR=str(tmp / "ipython"))
+    command = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={ROOT}", "--ServerApp.terminals_enabled=False",
+        f"--LabApp.user_settings_dir={tmp / 'settings'}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
+        "--LabApp.extension_manager=readonly",  # no PyPI queries
+    ]
+    if os.geteuid() == 0:  # CI containers run as root, which the server refuses by default
+        command.append("--allow-root")
+    log = (tmp / "server.log").open("wb")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                api(base, token, "/api/status")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n"
+                                       + (tmp / "server.log").read_text(errors="replace")) from None
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        stop_group(server)  # the server and the kernels it started
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium context with a fresh profile; closed afterwards."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (or set CHROMIUM=...)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM),
+            headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def wait_for_state(page, path: str, done, what: str, timeout_s: float) -> dict:
+    """Poll the notebook's state until done(state); fail naming `what` on time-out."""
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = page.evaluate(STATE_JS, path)
+        if state is not None and done(state):
+            return state
+        page.wait_for_timeout(250)
+    pytest.fail(f"{path}: timed out after {timeout_s:.0f} s waiting for {what}; "
+                f"last state: {summary(state)}")
+
+
+def summary(state) -> str:
+    if state is None:
+        return "notebook not open"
+    counts = [cell["count"] for cell in state["cells"] if cell["type"] == "code"]
+    return f"kernel {state['kernel']}, execution counts {counts}"
+
+
+def has_error(state) -> bool:
+    return any(output["output_type"] == "error"
+               for cell in state["cells"] for output in cell["outputs"])
+
+
+def finished(state) -> bool:
+    """Kernel idle and every code cell run (or stopped by an error, checked afterwards)."""
+    counts = [cell["count"] for cell in state["cells"] if cell["type"] == "code"]
+    return state["kernel"] == "idle" and (all(count is not None for count in counts)
+                                          or has_error(state))
+
+
+def problems(state) -> list[str]:
+    found = []
+    for index, cell in enumerate(state["cells"]):
+        if cell["type"] != "code":
+            continue
+        where = f"cell {index} ({cell['source'].strip().splitlines()[0][:60]!r})"
+        for output in cell["outputs"]:
+            if output["output_type"] == "error":
+                found.append(f"{where}: {output['ename']}: {output['evalue']}")
+            elif output["output_type"] == "stream" and output["name"] == "stderr":
+                found.append(f"{where}: stderr: {''.join(output['text'])[:300]!r}")
+        if cell["count"] is None:
+            found.append(f"{where}: did not run")
+        if FIGURE_CALL.search(cell["source"]) and not any(
+            "image/png" in output.get("data", {}) for output in cell["outputs"]
+        ):
+            found.append(f"{where}: draws a figure, but shows none")
+    return found
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks in notebooks/"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
+    base, token = lab
+    path = notebook.relative_to(ROOT).as_posix()
+    committed = notebook.read_bytes()
+    page = browser.new_page()
+    page.bring_to_front()  # the page a reader looks at (hidden pages may defer rendering)
+    try:
+        page.goto(f"{base}/lab/tree/{path}?token={token}")
+        # Open, with its kernel started and idle: nothing has run, so nothing may have changed.
+        wait_for_state(page, path, lambda state: state["kernel"] == "idle",
+                       "the notebook to open with an idle kernel", 180)
+        page.wait_for_timeout(1000)  # let JupyterLab finish what it does on open
+        opened = page.evaluate(STATE_JS, path)
+        assert not opened["dirty"], (
+            f"{path} is marked modified right after opening, before anything ran (e.g. metadata "
+            "that JupyterLab rewrites, such as the kernelspec's display_name)")
+
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+        page.get_by_text("Restart Kernel and Run All Cells…", exact=True).click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()  # "Confirm Kernel Restart"
+        # Run All clears every cell's execution count when it queues them, so the counts left
+        # from before the restart cannot be mistaken for a finished run.
+        wait_for_state(page, path, lambda state: any(
+            cell["type"] == "code" and cell["count"] is None for cell in state["cells"]),
+            "the run to start", 120)
+        state = wait_for_state(page, path, finished, "every cell to run", RUN_TIMEOUT_S)
+
+        found = problems(state)
+        if any(FIGURE_CALL.search(cell["source"]) for cell in state["cells"]):
+            figures = page.locator(".jp-OutputArea-output img").filter(visible=True)
+            if figures.count():
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                figures.first.screenshot(path=str(SCREENSHOTS / f"{notebook.stem}.png"))
+            else:
+                found.append("no figure visible on the page")
+        assert not found, f"{path} in JupyterLab:\n" + "\n".join(found)
+        assert notebook.read_bytes() == committed, f"{path} was saved (autosave should be off)"
+    finally:
+        page.close()  # drops the unsaved notebook (no beforeunload prompt)
+        # Shut the kernel down, freeing its memory before the next notebook.
+        for session in api(base, token, "/api/sessions"):
+            api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
+
