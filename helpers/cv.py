@@ -8,7 +8,8 @@ method x fold x epoch.
 With a `results_dir`, each finished (method, fold) is written at once to
 ``results_dir/<method>/fold_<f>.csv``; a rerun of an interrupted run reads the finished folds
 instead of training them again. ``results_dir/settings.json`` records what the results were made
-with: a folder made with other settings is refused, never mixed in.
+with: a folder made with other settings is refused, never mixed in, and so is a non-empty folder
+without it (one the project did not make).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from helpers.data import class_ids, load_mnist
 from helpers.model import create_cnn
+from helpers.params import RESULTS_MARKER, check_project_folder
 from helpers.training import HISTORY_KEYS, METHODS
 
 COLUMNS = ["method", "fold", "epoch", *HISTORY_KEYS, "seconds"]
@@ -55,7 +57,9 @@ def results_dir_for(base: str | os.PathLike, **settings) -> Path:
 
 
 def _check_or_write_settings(results_dir: Path, settings: dict) -> None:
-    path = results_dir / "settings.json"
+    """Refuse a folder made with other settings, or not made by the project (a non-empty
+    folder without settings.json); otherwise record the settings."""
+    path = results_dir / RESULTS_MARKER
     if path.exists():
         saved = json.loads(path.read_text())
         if saved != settings:
@@ -69,6 +73,7 @@ def _check_or_write_settings(results_dir: Path, settings: dict) -> None:
                 f"({differences}). Use another results folder, or delete this one to start over."
             )
         return
+    check_project_folder("results_dir", results_dir, RESULTS_MARKER)
     results_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
