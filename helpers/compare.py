@@ -68,24 +68,37 @@ def sign_flip_p_value(differences: np.ndarray) -> float:
     return float(np.mean(flipped >= observed - 1e-12))
 
 
-def paired_comparison(table: pd.DataFrame, method_a: str, method_b: str, column: str) -> dict:
-    """Compare `column` at the final epoch, method_a minus method_b, paired by fold."""
-    final = final_epoch(table).pivot(index="fold", columns="method", values=column)
-    paired = final[[method_a, method_b]].dropna()
-    differences = (paired[method_a] - paired[method_b]).to_numpy()
+def paired_difference(differences) -> dict:
+    """Mean of paired per-fold differences with its Nadeau-Bengio-corrected 95% CI, Cohen's d_z
+    and the exact sign-flip p-value."""
+    differences = np.asarray(differences, dtype=float)
     k = len(differences)
-    mean = float(differences.mean())
+    mean = float(differences.mean()) if k else float("nan")
     sd = float(differences.std(ddof=1)) if k > 1 else float("nan")
     half_width = float("nan")
     if k > 1:
         corrected_se = sd * np.sqrt(1 / k + 1 / (k - 1))
         half_width = float(stats.t.ppf(0.975, k - 1) * corrected_se)
     return {
-        "column": column, "a": method_a, "b": method_b, "folds": k,
-        "mean_difference": mean,
-        "ci_low": mean - half_width, "ci_high": mean + half_width,
+        "mean": mean, "ci_low": mean - half_width, "ci_high": mean + half_width,
         "cohens_dz": mean / sd if sd > 0 else float("nan"),
         "p_value": sign_flip_p_value(differences) if k > 0 else float("nan"),
+    }
+
+
+def paired_comparison(table: pd.DataFrame, method_a: str, method_b: str, column: str) -> dict:
+    """Compare `column` at the final epoch, method_a minus method_b, paired by fold."""
+    final = final_epoch(table).pivot(index="fold", columns="method", values=column)
+    paired = final[[method_a, method_b]].dropna()
+    differences = (paired[method_a] - paired[method_b]).to_numpy()
+    k = len(differences)
+    result = paired_difference(differences)
+    return {
+        "column": column, "a": method_a, "b": method_b, "folds": k,
+        "mean_difference": result["mean"],
+        "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+        "cohens_dz": result["cohens_dz"],
+        "p_value": result["p_value"],
         "smallest_possible_p": 2 / 2**k if k > 0 else float("nan"),
         "a_better_in": int(np.sum(differences < 0 if "loss" in column else differences > 0)),
     }

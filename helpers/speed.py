@@ -173,16 +173,16 @@ class _NaiveRunner:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.steps = len(x) // batch_size
         self.samples_per_epoch = self.steps * batch_size
-        self.step, self.loss_tracker, self.accuracy = naive_train_step(self.model, y)
+        self.step, self.metrics = naive_train_step(self.model, y)
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
-        self.loss_tracker.reset_state()
-        self.accuracy.reset_state()
+        for metric in self.metrics:
+            metric.reset_state()
         x, y, size = self.x, self.y, self.batch_size
         for i in range(self.steps):
             self.step(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
-        float(self.loss_tracker.result())  # as History reads it; also waits for the last step
+        float(self.metrics[0].result())  # as History reads it; also waits for the last step
         return time.perf_counter() - start
 
 
@@ -219,7 +219,7 @@ class _MatchedRunner:
         self.samples_per_epoch = len(x)
         self.steps = math.ceil(len(x) / batch_size)
         self.rng = np.random.default_rng(seed)
-        batch_step, self.loss_tracker, self.accuracy = matched_train_step(self.model, y)
+        batch_step, self.metrics = matched_train_step(self.model, y)
 
         x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
@@ -244,8 +244,8 @@ class _MatchedRunner:
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
-        self.loss_tracker.reset_state()
-        self.accuracy.reset_state()
+        for metric in self.metrics:
+            metric.reset_state()
         size = self.batch_size
         if self.feed == "tfdata":
             for x_batch, y_batch in self.dataset:
@@ -261,7 +261,7 @@ class _MatchedRunner:
                 for i in range(self.steps):
                     idx = order[i * size:(i + 1) * size]
                     self.step(self.x[idx], self.y[idx])
-        float(self.loss_tracker.result())
+        float(self.metrics[0].result())
         return time.perf_counter() - start
 
 

@@ -1,0 +1,224 @@
+"""Which of fit's behaviours cures the article's overfitting: one fix at a time.
+
+Each variant is the article's loop with exactly one of `helpers.training.DIFFERENCES` done as fit
+does it (``naive+<key>``), or the matched loop with exactly one undone (``matched-<key>``). They
+are cross-validated like any other method (`helpers.training.METHODS`), on the same folds and
+from the same per-fold initial weights as fit, the article's loop and the matched loop.
+
+For each variant and each of three overfitting measures -- final validation loss, best
+validation loss, and how far validation loss rises after its best epoch -- `effects` gives the
+paired difference to the article's loop and to fit (`helpers.compare.paired_difference`), and the
+share of the article's-loop-to-fit gap that the variant closes::
+
+    gap closed = (naive - variant) / (naive - fit)     per fold, then mean and 95% CI over folds
+
+1 means the variant is as good as fit, 0 as bad as the article's loop. For an added fix it is
+the share that fix closes; for a removed one, 1 - (gap closed) is the share removing it reopens.
+
+The article's scale (10 folds, 30 epochs, batch 64, all 60,000 training images) takes hours on
+two cores; it runs resumably, fold by fold, and reads fit / naive / matched back from the
+committed results instead of retraining them::
+
+    python -m helpers.ablation --results-dir results/ablation --baseline results/full-scale
+    python -m helpers.ablation ... --summarize-only   # tables and figure from the finished folds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from helpers.training import ABLATION_METHODS, DIFFERENCES, ablation_variants
+
+BASELINES = ("naive", "fit", "matched")
+MEASURES = {
+    "final_val_loss": "final val loss",
+    "best_val_loss": "best val loss",
+    "val_loss_rise": "val loss rise after the best epoch",
+}
+DIFFERENCE_NAMES = {difference.key: difference.name for difference in DIFFERENCES}
+
+
+def variant_label(method: str) -> str:
+    """``naive+dropout`` -> "article's loop + Dropout active in training"."""
+    if method.startswith("naive+"):
+        return f"article's loop + {DIFFERENCE_NAMES[method[len('naive+'):]]}"
+    if method.startswith("matched-"):
+        return f"matched loop − {DIFFERENCE_NAMES[method[len('matched-'):]]}"
+    return method
+
+
+def per_fold_measures(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per method and fold: the three overfitting measures (columns of `MEASURES`)."""
+    ordered = table.sort_values(["method", "fold", "epoch"])
+    grouped = ordered.groupby(["method", "fold"], sort=False)["val_loss"]
+    measures = pd.DataFrame({
+        "final_val_loss": grouped.last(),
+        "best_val_loss": grouped.min(),
+    })
+    measures["val_loss_rise"] = measures["final_val_loss"] - measures["best_val_loss"]
+    return measures.reset_index()
+
+
+def effects(table: pd.DataFrame, variants=ABLATION_METHODS) -> pd.DataFrame:
+    """For every variant in `table` and every measure: the paired difference to the article's
+    loop and to fit (mean, corrected 95% CI, sign-flip p), and the share of the gap closed.
+    Only folds that every compared method has finished are used."""
+    from helpers.compare import paired_difference
+
+    measures = per_fold_measures(table)
+    rows = []
+    for variant in [v for v in variants if v in set(measures["method"])]:
+        for measure in MEASURES:
+            wide = (measures[measures["method"].isin([variant, "naive", "fit"])]
+                    .pivot(index="fold", columns="method", values=measure)
+                    .dropna())
+            row = {"variant": variant, "label": variant_label(variant), "measure": measure,
+                   "folds": len(wide)}
+            for baseline in ("naive", "fit"):
+                result = paired_difference(wide[variant] - wide[baseline])
+                row.update({f"vs_{baseline}_{key}": value for key, value in result.items()})
+            gap = (wide["naive"] - wide[variant]) / (wide["naive"] - wide["fit"])
+            row.update({f"gap_closed_{key}": value
+                        for key, value in paired_difference(gap).items()})
+            row["variant_mean"] = float(wide[variant].mean())
+            row["variant_std"] = float(wide[variant].std(ddof=1))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss", path=None,
+                    title: str | None = None):
+    """Dot-and-CI plot of the gap closed per fix: "article's loop + fix" next to "matched loop
+    − fix", one row per difference. Dots at 1 = as good as fit, at 0 = as bad as the article's
+    loop."""
+    import matplotlib.pyplot as plt
+
+    rows = effect_table[effect_table["measure"] == measure].set_index("variant")
+    figure, ax = plt.subplots(figsize=(7.5, 3.6))
+    for i, difference in enumerate(DIFFERENCES):
+        for variant, offset, color, marker, label in (
+            (f"naive+{difference.key}", -0.12, "tab:red", "o", "article's loop + this fix"),
+            (f"matched-{difference.key}", 0.12, "tab:green", "s", "matched loop − this fix"),
+        ):
+            if variant not in rows.index:
+                continue
+            row = rows.loc[variant]
+            mean = row["gap_closed_mean"]
+            error = [[mean - row["gap_closed_ci_low"]], [row["gap_closed_ci_high"] - mean]]
+            ax.errorbar(mean, i + offset, xerr=error,
+                        fmt=marker, color=color, capsize=3, label=label if i == 0 else None)
+    ax.axvline(0, color="tab:red", lw=0.8, ls=":")
+    ax.axvline(1, color="tab:blue", lw=0.8, ls=":")
+    ax.set_yticks(range(len(DIFFERENCES)), [d.name for d in DIFFERENCES])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"share of the article's-loop → fit() gap in {MEASURES[measure]}\n"
+                  "0 = as the article's loop, 1 = as fit()  (mean and 95% CI over folds)")
+    folds = int(rows["folds"].max()) if len(rows) else 0
+    ax.set_title(title or f"Which fix cures the overfitting? ({folds} folds)")
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def combined_table(results_dir: Path, baseline_dir: Path | None) -> pd.DataFrame:
+    """The variants' finished folds from `results_dir`, and the baselines (fit, naive, matched)
+    from `baseline_dir`'s table.csv (or from `results_dir` when no baseline folder is given)."""
+    folds = sorted(results_dir.glob("*/fold_*.csv"))
+    tables = [pd.read_csv(path) for path in folds]
+    if baseline_dir is not None:
+        baseline = pd.read_csv(baseline_dir / "table.csv")
+        tables.append(baseline[baseline["method"].isin(BASELINES)])
+    if not tables:
+        raise FileNotFoundError(f"no finished folds in {results_dir}")
+    return pd.concat(tables, ignore_index=True)
+
+
+def _check_same_settings(results_dir: Path, baseline_dir: Path) -> None:
+    ours = json.loads((results_dir / "settings.json").read_text())
+    theirs = json.loads((baseline_dir / "settings.json").read_text())
+    if ours != theirs:
+        raise ValueError(f"{results_dir} and {baseline_dir} were made with different settings; "
+                         "the variants must share the baselines' folds and initial weights")
+
+
+def write_summary(results_dir: Path, baseline_dir: Path | None, run: dict | None = None) -> dict:
+    """table.csv (the variants only), summary.csv, effects.csv and gap_closed.png from the
+    finished folds; run_info.json with the machine and the summed training time."""
+    from helpers.compare import summarize
+    from helpers.cv import run_info
+
+    combined = combined_table(results_dir, baseline_dir)
+    variants = combined[combined["method"].isin(ABLATION_METHODS)]
+    order = {name: i for i, name in enumerate(ABLATION_METHODS)}
+    variants = variants.sort_values(
+        ["method", "fold", "epoch"], key=lambda c: c.map(order) if c.name == "method" else c)
+    variants.to_csv(results_dir / "table.csv", index=False)
+    summarize(combined).to_csv(results_dir / "summary.csv")
+    effect_table = effects(combined)
+    effect_table.to_csv(results_dir / "effects.csv", index=False)
+    plot_gap_closed(effect_table, path=results_dir / "gap_closed.png")
+    info_path = results_dir / "run_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else run_info()
+    info.update(run or {})
+    info["training_seconds_all_folds"] = round(float(variants["seconds"].sum()), 1)
+    info["finished_runs"] = int(variants.groupby(["method", "fold"]).ngroups)
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Cross-validate the ablation's 8 variants.")
+    parser.add_argument("--results-dir", type=Path, required=True)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="results folder with fit/naive/matched (same settings), read back")
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--subset", type=int, default=0, help="0: all 60,000 training images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads (0: TensorFlow's default)")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="batches per compiled call; bit-identical results, less overhead")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args(argv)
+
+    if not args.summarize_only:
+        import tensorflow as tf
+
+        from helpers.cv import cross_validate_mnist
+        from helpers.training import METHODS
+
+        if args.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        methods = {name: partial(METHODS[name], steps_per_execution=args.steps_per_execution)
+                   for name in ablation_variants()}
+        started = time.perf_counter()
+        cross_validate_mnist(methods, folds=args.folds, epochs=args.epochs,
+                             batch_size=args.batch_size, subset=args.subset, seed=args.seed,
+                             results_dir=args.results_dir)
+        print(f"all folds finished; this invocation took {time.perf_counter() - started:.0f} s")
+    if args.baseline is not None:
+        _check_same_settings(args.results_dir, args.baseline)
+    run = {"intra_op_threads": args.threads or "default",
+           "steps_per_execution": args.steps_per_execution}
+    info = write_summary(args.results_dir, args.baseline, None if args.summarize_only else run)
+    print(f"{info['finished_runs']} of {len(ABLATION_METHODS) * args.folds} (variant, fold) runs "
+          f"finished; tables and figure in {args.results_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

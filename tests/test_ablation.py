@@ -1,0 +1,184 @@
+"""The ablation's variants: one switchable loop, each variant one switch away from the article's
+loop or the matched loop, each switch doing what its name says; and the effect statistics."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import ablation
+from helpers.model import create_cnn
+from helpers.training import (
+    ABLATION_METHODS,
+    DIFFERENCE_KEYS,
+    DIFFERENCES,
+    HISTORY_KEYS,
+    METHODS,
+    ablation_variants,
+    train_fit,
+    train_tape_loop,
+)
+
+
+def test_differences_are_the_four_named_behaviours():
+    assert DIFFERENCE_KEYS == ("dropout", "mean_loss", "shuffle", "partial_batch")
+    assert all(d.name and d.fit and d.article for d in DIFFERENCES)
+
+
+def test_each_variant_is_one_switch_away_from_a_baseline():
+    variants = ablation_variants()
+    assert len(variants) == 8 and set(variants) <= set(METHODS)
+    for key in DIFFERENCE_KEYS:
+        assert variants[f"naive+{key}"] == (key,)
+        assert set(variants[f"matched-{key}"]) == set(DIFFERENCE_KEYS) - {key}
+
+
+def _weights(model):
+    return [v.numpy() for v in model.variables]
+
+
+def test_matched_without_shuffle_is_fit_on_file_order(small_split):
+    """`matched-shuffle` takes the samples in file order every epoch; fit given exactly that order
+    computes the same steps, so History and every variable (the dropout seed state too) match bit
+    for bit on this CPU."""
+    (x, y), val = small_split
+    variant_model, fit_model = create_cnn(0), create_cnn(0)
+    variant = METHODS["matched-shuffle"](variant_model, (x, y), val, epochs=2, batch_size=50,
+                                         seed=0)
+    file_order = np.tile(np.arange(len(x)), (2, 1))
+    fit = train_fit(fit_model, (x, y), val, epochs=2, batch_size=50, seed=0,
+                    batch_orders=file_order)
+    for key in HISTORY_KEYS:
+        assert variant[key] == fit[key], key
+    for a, b in zip(_weights(variant_model), _weights(fit_model)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method, keeps_partial", [
+    ("naive", False), ("naive+partial_batch", True), ("matched-partial_batch", False),
+    ("matched", True),
+])
+def test_partial_batch_switch_sets_the_number_of_steps(small_split, method, keeps_partial):
+    (x, y), val = small_split  # 640 images: 12 full batches of 50 and one of 40
+    model = create_cnn(0)
+    METHODS[method](model, (x, y), val, epochs=2, batch_size=50, seed=0)
+    per_epoch = math.ceil(len(x) / 50) if keeps_partial else len(x) // 50
+    assert int(model.optimizer.iterations.numpy()) == 2 * per_epoch
+
+
+def _seed_state(model):
+    dropout = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dropout))
+    return dropout.seed_generator.state.numpy().copy()
+
+
+@pytest.mark.parametrize("method, drops", [
+    ("naive", False), ("naive+dropout", True), ("matched-dropout", False), ("matched", True),
+])
+def test_dropout_switch_decides_whether_dropout_draws(small_split, method, drops):
+    """Dropout draws from its SeedGenerator only when it is active: the state moves iff the
+    variant calls the model with training=True."""
+    (x, y), val = small_split
+    model = create_cnn(0)
+    before = _seed_state(model)
+    METHODS[method](model, (x[:100], y[:100]), val, epochs=1, batch_size=50, seed=0)
+    assert (not np.array_equal(before, _seed_state(model))) == drops
+
+
+def test_summed_loss_is_a_batch_size_times_sgd_learning_rate(small_split):
+    """With SGD, the article's summed loss at learning rate lr takes the same steps as the mean
+    loss at batch_size * lr (every batch full here). Float tolerance: the sum and batch_size x
+    the mean round differently."""
+    (x, y), val = small_split
+    batch_size = 64  # 640 = 10 full batches
+
+    def trained(fixes, learning_rate):
+        model = create_cnn(0, compile=False)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+        train_tape_loop(model, (x, y), val, epochs=1, batch_size=batch_size, seed=0,
+                        fixes=fixes)
+        return _weights(model)
+
+    summed = trained((), 0.001)
+    mean = trained(("mean_loss",), 0.001 * batch_size)
+    for a, b in zip(summed, mean):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(summed, trained(("mean_loss",), 0.001))) > 1e-3
+
+
+def test_unknown_fix_and_orders_without_shuffle_are_refused(small_split):
+    (x, y), val = small_split
+    with pytest.raises(ValueError, match="unknown fixes.*'droput'"):
+        train_tape_loop(create_cnn(0), (x, y), val, epochs=1, batch_size=64, seed=0,
+                        fixes=("droput",))
+    with pytest.raises(ValueError, match="batch_orders needs the 'shuffle' fix"):
+        train_tape_loop(create_cnn(0), (x, y), val, epochs=1, batch_size=64, seed=0,
+                        fixes=(), batch_orders=np.zeros((1, len(x)), dtype=int))
+
+
+def _synthetic_table(values: dict[str, list[float]], rise: float = 0.0) -> pd.DataFrame:
+    """Two epochs per fold: val loss `v + rise` then `v` (best epoch first when rise < 0)."""
+    rows = []
+    for method, per_fold in values.items():
+        for fold, value in enumerate(per_fold):
+            for epoch, val_loss in ((1, value + rise), (2, value)):
+                rows.append({"method": method, "fold": fold, "epoch": epoch, "loss": 0.0,
+                             "accuracy": 0.0, "val_loss": val_loss, "val_accuracy": 0.0,
+                             "seconds": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_gap_closed_is_the_share_of_the_naive_to_fit_gap():
+    naive = [0.08, 0.07, 0.09, 0.075, 0.085, 0.08]
+    fit = [0.03, 0.03, 0.035, 0.03, 0.025, 0.03]
+    half = [(n + f) / 2 for n, f in zip(naive, fit)]
+    table = _synthetic_table({"naive": naive, "fit": fit, "naive+dropout": half,
+                              "matched-dropout": naive})
+    result = ablation.effects(table).set_index(["variant", "measure"])
+    row = result.loc[("naive+dropout", "final_val_loss")]
+    assert row["gap_closed_mean"] == pytest.approx(0.5)
+    assert row["vs_naive_mean"] == pytest.approx(np.mean(half) - np.mean(naive))
+    assert row["vs_fit_mean"] == pytest.approx(np.mean(half) - np.mean(fit))
+    assert row["vs_naive_p_value"] == pytest.approx(2 / 2**6)  # every fold lower than naive
+    assert result.loc[("matched-dropout", "final_val_loss"), "gap_closed_mean"] == pytest.approx(0)
+    assert row["folds"] == 6 and set(result.index.get_level_values(0)) == {"naive+dropout",
+                                                                         "matched-dropout"}
+
+
+def test_effects_use_only_folds_every_method_finished():
+    table = _synthetic_table({"naive": [0.08, 0.07, 0.09], "fit": [0.03, 0.03, 0.04],
+                              "naive+shuffle": [0.05, 0.05]})
+    row = ablation.effects(table).iloc[0]
+    assert row["folds"] == 2
+
+
+def test_rise_after_best_epoch():
+    table = _synthetic_table({"naive": [0.08]}, rise=-0.01)  # best at epoch 1, then +0.01
+    measures = ablation.per_fold_measures(table).iloc[0]
+    assert measures["best_val_loss"] == pytest.approx(0.07)
+    assert measures["val_loss_rise"] == pytest.approx(0.01)
+
+
+def test_summary_files_from_finished_folds(tmp_path):
+    from helpers.cv import history_table
+
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    values = {"naive": [0.08, 0.07], "fit": [0.03, 0.03], "matched": [0.03, 0.031]}
+    _synthetic_table(values).to_csv(baseline / "table.csv", index=False)
+    variants = tmp_path / "variants"
+    for method in ABLATION_METHODS[:2]:
+        for fold in range(2):
+            history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
+            (variants / method).mkdir(parents=True, exist_ok=True)
+            history_table(history, method, fold).to_csv(
+                variants / method / f"fold_{fold:02d}.csv", index=False)
+    info = ablation.write_summary(variants, baseline)
+    assert info["finished_runs"] == 4 and info["training_seconds_all_folds"] == 12.0
+    assert len(pd.read_csv(variants / "table.csv")) == 8
+    assert len(pd.read_csv(variants / "effects.csv")) == 2 * len(ablation.MEASURES)
+    assert (variants / "gap_closed.png").stat().st_size > 0
