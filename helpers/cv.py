@@ -132,7 +132,8 @@ def cross_validate(
     `methods` maps names to training functions with the `helpers.training` signature, or lists
     names from `helpers.training.METHODS`. `settings` adds descriptions of the data (dataset,
     subset, ...) to what `results_dir/settings.json` records and checks. `verbose`: 0 silent,
-    1 a line per fold and method and a line per epoch, 2 Keras-style progress bars.
+    1 one line per fold and method (its last epoch's History values, in `HISTORY_KEYS` order),
+    2 also Keras-style progress bars.
     """
     if not isinstance(methods, Mapping):
         unknown = [name for name in methods if name not in METHODS]
@@ -159,19 +160,19 @@ def cross_validate(
                 if verbose:
                     print(f"fold {fold + 1}/{folds} {method}: finished earlier, read {fold_file}")
                 continue
-            if verbose:
-                print(f"fold {fold + 1}/{folds} {method}: training {epochs} epochs "
-                      f"on {len(train_idx)} samples, validating on {len(val_idx)}", flush=True)
             model = model_fn(seed=seed + fold)
             started = time.perf_counter()
             history = train(
                 model, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]),
                 epochs=epochs, batch_size=batch_size, seed=seed + fold,
-                verbose={0: 0, 1: 2}.get(verbose, 1),  # cv 1 -> a line per epoch, 2 -> bars
+                verbose=1 if verbose >= 2 else 0,  # progress bars only when asked for
             )
             table = history_table(history, method, fold)
             if verbose:
-                print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+                last = table.iloc[-1]
+                print(f"fold {fold + 1}/{folds} {method}: {epochs} epochs on {len(train_idx)} "
+                      f"images in {time.perf_counter() - started:.0f} s; last epoch: "
+                      + ", ".join(f"{key} {last[key]:.4f}" for key in HISTORY_KEYS), flush=True)
             if fold_file is not None:
                 fold_file.parent.mkdir(parents=True, exist_ok=True)
                 for leftover in fold_file.parent.glob(f".{fold_file.name}.*.tmp"):

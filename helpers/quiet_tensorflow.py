@@ -21,6 +21,7 @@ from the C++ runtime stay hidden too; errors are still shown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -33,15 +34,43 @@ ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is calle
 # GPU, which CPU instructions the build could use, CUDA plugins registering.
 START_UP_SOURCES = ("port.cc", "cudart_stub.cc", "cuda_platform.cc", "cpu_feature_guard.cc",
                     "cuda_dnn.cc", "cuda_fft.cc", "cuda_blas.cc", "cuda_executor.cc")
+# With op determinism on, TF 2.21's tf.data logs (at ERROR level, but harmless: "Unknown
+# attributes will be ignored") that its map op's NodeDef has an attribute its op definition lacks.
+NODE_DEF_NOTICE = "NodeDef mentions attribute use_unbounded_threadpool which is not in the op"
 CPU_FEATURES_CONTINUATION = "To enable the following instructions:"
 
 
 def is_start_up_line(line: str) -> bool:
-    """True for the lines `import_tensorflow` drops."""
+    """True for the lines `start_up_lines_filtered` drops."""
     if line.startswith((ABSL_PREAMBLE, CPU_FEATURES_CONTINUATION)):
         return True
     match = CPP_LOG_LINE.match(line)
-    return bool(match) and match.group(0).rsplit(" ", 1)[-1].split(":")[0] in START_UP_SOURCES
+    if not match:
+        return False
+    source = match.group(0).rsplit(" ", 1)[-1].split(":")[0]
+    return source in START_UP_SOURCES or (source == "node_def_util.cc" and NODE_DEF_NOTICE in line)
+
+
+@contextlib.contextmanager
+def start_up_lines_filtered():
+    """Within the block, file descriptor 2 goes to a temporary file; afterwards every captured
+    line except the known start-up messages (`is_start_up_line`) is written to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            kept = [line for line in text.splitlines()
+                    if line.strip() and not is_start_up_line(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def import_tensorflow():
@@ -50,23 +79,10 @@ def import_tensorflow():
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with start_up_lines_filtered():
+        import tensorflow as tf
 
-            tf.config.list_physical_devices()  # the cuInit probe happens here
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode(errors="replace")
-    kept = [line for line in text.splitlines() if line.strip() and not is_start_up_line(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
+        tf.config.list_physical_devices()  # the cuInit probe happens here
     return tf
 
 

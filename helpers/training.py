@@ -346,7 +346,8 @@ def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, eva
             if verbose == 1:
                 logs = step_metrics.logs()
                 progbar = progbar or _progbar(steps, verbose, logs)
-                progbar.update(min((call + 1) * steps_per_call, steps), list(logs.items()))
+                progbar.update(min((call + 1) * steps_per_call, steps), list(logs.items()),
+                               finalize=False)  # as fit does (progbar_logger.py:98): one final line
         logs = {**step_metrics.logs(), **evaluate()}
         for key, value in {**logs, "seconds": time.perf_counter() - start_time}.items():
             history.setdefault(key, []).append(value)
