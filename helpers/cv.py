@@ -8,7 +8,8 @@ method x fold x epoch.
 With a `results_dir`, each finished (method, fold) is written at once to
 ``results_dir/<method>/fold_<f>.csv``; a rerun of an interrupted run reads the finished folds
 instead of training them again. ``results_dir/settings.json`` records what the results were made
-with: a folder made with other settings is refused, never mixed in.
+with: a folder made with other settings is refused, never mixed in, and so is a non-empty folder
+without it (one the project did not make).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from helpers.data import class_ids, load_mnist
 from helpers.model import create_cnn
+from helpers.params import RESULTS_MARKER, check_project_folder
 from helpers.training import HISTORY_KEYS, METHODS
 
 COLUMNS = ["method", "fold", "epoch", *HISTORY_KEYS, "seconds"]
@@ -55,7 +57,9 @@ def results_dir_for(base: str | os.PathLike, **settings) -> Path:
 
 
 def _check_or_write_settings(results_dir: Path, settings: dict) -> None:
-    path = results_dir / "settings.json"
+    """Refuse a folder made with other settings, or not made by the project (a non-empty
+    folder without settings.json); otherwise record the settings."""
+    path = results_dir / RESULTS_MARKER
     if path.exists():
         saved = json.loads(path.read_text())
         if saved != settings:
@@ -69,6 +73,7 @@ def _check_or_write_settings(results_dir: Path, settings: dict) -> None:
                 f"({differences}). Use another results folder, or delete this one to start over."
             )
         return
+    check_project_folder("results_dir", results_dir, RESULTS_MARKER)
     results_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
@@ -128,9 +133,9 @@ def cross_validate(
     `methods` maps names to training functions with the `helpers.training` signature, or lists
     names from `helpers.training.METHODS`. `settings` adds descriptions of the data (dataset,
     subset, ...) to what `results_dir/settings.json` records and checks. `verbose`: 0 silent,
-    1 a line per fold and method and a line per epoch, 2 Keras-style progress bars.
-    `first_folds`: train (or read back) only the first this many of the `folds` folds -- the
-    same folds as a full run, fewer of them.
+    1 one line per fold and method (its last epoch's History values, in `HISTORY_KEYS` order),
+    2 also Keras-style progress bars. `first_folds`: train (or read back) only the first this many
+    of the `folds` folds -- the same folds as a full run, fewer of them.
     """
     if not isinstance(methods, Mapping):
         unknown = [name for name in methods if name not in METHODS]
@@ -159,19 +164,19 @@ def cross_validate(
                 if verbose:
                     print(f"fold {fold + 1}/{folds} {method}: finished earlier, read {fold_file}")
                 continue
-            if verbose:
-                print(f"fold {fold + 1}/{folds} {method}: training {epochs} epochs "
-                      f"on {len(train_idx)} samples, validating on {len(val_idx)}", flush=True)
             model = model_fn(seed=seed + fold)
             started = time.perf_counter()
             history = train(
                 model, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]),
                 epochs=epochs, batch_size=batch_size, seed=seed + fold,
-                verbose={0: 0, 1: 2}.get(verbose, 1),  # cv 1 -> a line per epoch, 2 -> bars
+                verbose=1 if verbose >= 2 else 0,  # progress bars only when asked for
             )
             table = history_table(history, method, fold)
             if verbose:
-                print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+                last = table.iloc[-1]
+                print(f"fold {fold + 1}/{folds} {method}: {epochs} epochs on {len(train_idx)} "
+                      f"images in {time.perf_counter() - started:.0f} s; last epoch: "
+                      + ", ".join(f"{key} {last[key]:.4f}" for key in HISTORY_KEYS), flush=True)
             if fold_file is not None:
                 fold_file.parent.mkdir(parents=True, exist_ok=True)
                 for leftover in fold_file.parent.glob(f".{fold_file.name}.*.tmp"):

@@ -131,10 +131,10 @@ def read_info(path: Path) -> NotebookInfo:
     notebook = nbformat.read(path, as_version=4)
     lines = _first_markdown_cell(notebook, path).source.splitlines()
     title_at = _title_index(lines, path)
-    number = re.match(r"\d*", path.stem).group(0)
+    number = re.match(r"\d*[a-z]?", path.stem).group(0)  # "01", or "06a" for an appendix
     title = lines[title_at][2:].strip()
     if number:  # "01 · The fit() baseline" -> "The fit() baseline": the table has a # column
-        title = re.sub(rf"^0*{int(number)}\s*[·.:\-–—]\s*", "", title) or title
+        title = re.sub(rf"^0*{number.lstrip('0')}\s*[·.:\-–—]\s*", "", title) or title
     return NotebookInfo(
         path=path,
         number=number,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from helpers.data import NUM_CLASSES
 from helpers.training import METHODS
@@ -21,6 +22,11 @@ from helpers.training import METHODS
 DATASETS = {"mnist": 60_000}  # name -> images in the pool that is cross-validated
 SMOKE_ENV = "TAPE_VS_FIT_SMOKE"
 SMOKE_LIMITS = {"folds": 2, "epochs": 2, "subset": 600}
+# What marks a folder as the project's own: a results folder holds the settings it was made with
+# (helpers.cv writes it first); an output folder gets a marker file when the project makes it.
+RESULTS_MARKER = "settings.json"
+OUTPUT_MARKER = ".tape-vs-fit-output"
+PROJECT_OUTPUT = Path(__file__).resolve().parent.parent / "output"  # the repository's own, ignored
 
 
 def _fail(name, value, allowed):
@@ -34,6 +40,28 @@ def _integer(name, value, minimum, maximum=None):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
         _fail(name, value, f"it must be {bound}")
     return value
+
+
+def check_project_folder(name: str, path, marker: str) -> Path:
+    """Refuse a folder the project must not write into: `path` must be new, empty, or hold
+    `marker` (the project made it). Raises a ValueError naming parameter `name`; returns the
+    path. Nothing is created here."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        _fail(name, str(path), "it is a file; give a new folder, an empty one, or one this "
+              "project made")
+    if folder.is_dir() and not (folder / marker).exists() and any(folder.iterdir()):
+        _fail(name, str(path), f"the folder is not empty and this project did not make it (no "
+              f"{marker} in it); give a new folder, an empty one, or one this project made")
+    return folder
+
+
+def prepare_output_dir(path) -> Path:
+    """Make the output folder (after `check_project_folder`) and mark it as the project's."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OUTPUT_MARKER).touch()
+    return folder
 
 
 def smoke_test() -> bool:
@@ -58,6 +86,10 @@ def validate_parameters(
     - folds (when given): >= 2; epochs: >= 1; seed: >= 0;
     - batch_size: from 1 to the number of training images (per fold when cross-validating);
     - methods (when given): a non-empty list of names from helpers.training.METHODS.
+    - results_dir (when given and not empty): a new or empty folder, or one holding the
+      project's settings.json; output_dir (when given): a new or empty folder, one the project
+      made, or the repository's own ``output/``; it is then created and marked as the
+      project's. Anything else, e.g. ``/etc``, is refused before anything is trained or written.
     Other keyword arguments (paths, flags) are passed through unchanged.
     """
     if dataset not in DATASETS:
@@ -82,6 +114,12 @@ def validate_parameters(
         subset = min(subset or pool, SMOKE_LIMITS["subset"])
         print(f"{SMOKE_ENV} is set: smoke-test configuration folds={folds}, epochs={epochs}, "
               f"subset={subset}")
+    if others.get("results_dir"):
+        check_project_folder("results_dir", others["results_dir"], RESULTS_MARKER)
+    if others.get("output_dir") is not None:
+        output_dir = Path(others["output_dir"])
+        if output_dir.resolve() != PROJECT_OUTPUT:
+            check_project_folder("output_dir", output_dir, OUTPUT_MARKER)
     images = subset or pool
     # Cross-validation trains on all but the largest fold; a single split on all but a fifth.
     training_images = images - math.ceil(images / (folds or 5))
@@ -92,4 +130,6 @@ def validate_parameters(
         checked["folds"] = folds
     if methods is not None:
         checked["methods"] = methods
+    if others.get("output_dir") is not None:
+        prepare_output_dir(others["output_dir"])
     return checked

@@ -1,0 +1,91 @@
+"""Claims the notebooks make, checked (issue #10): fit traces its step once even with a partial
+batch (item 1); the README and notebooks 02, 03 and 04 agree with `helpers.training.DIFFERENCES`
+(item 8)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+from helpers.model import create_cnn
+from helpers.training import DIFFERENCES
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+
+def _notebook(name):
+    return nbformat.read(ROOT / "notebooks" / name, as_version=4)
+
+
+def _markdown(name):
+    return "\n".join(c.source for c in _notebook(name).cells if c.cell_type == "markdown")
+
+
+# --- item 1 ------------------------------------------------------------------------------------
+
+def test_fit_traces_its_step_once_with_a_partial_batch(mnist_small):
+    """100 samples at batch 64: a full and a partial batch. fit's data adapter gives the batch
+    dimension None, so the partial batch costs fit no extra trace (notebook 06's claim)."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    x, y = mnist_small[0][:128], mnist_small[1][:128]
+    adapter = ArrayDataAdapter(x[:100], y[:100], batch_size=64, shuffle=True)
+    spec = adapter.get_tf_dataset().element_spec
+    assert spec[0].shape.as_list() == [None, 28, 28, 1]
+
+    def traced_shapes(samples):
+        model = create_cnn(seed=0)
+        traced = []
+        train_step = model.train_step  # its Python body runs only while tracing
+
+        def counted(data):
+            traced.append(data[0].shape.as_list())
+            return train_step(data)
+
+        model.train_step = counted
+        model.fit(x[:samples], y[:samples], batch_size=64, epochs=2, verbose=0)
+        return traced
+
+    with_partial, without_partial = traced_shapes(100), traced_shapes(128)
+    # The partial batch adds no trace: the same number as with full batches only, all for the
+    # one shape whose batch dimension is None.
+    assert len(with_partial) == len(without_partial)
+    assert all(shape == [None, 28, 28, 1] for shape in with_partial)
+    assert all(shape == [64, 28, 28, 1] for shape in without_partial)
+
+
+# --- item 8 ------------------------------------------------------------------------------------
+
+def test_notebook_02_lists_the_differences_in_order():
+    text = _markdown("02_naive_tape_loop.ipynb")
+    section = text.split("## The loop as the article wrote it", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^\d+\. \*\*(.+?)\*\*", section, re.MULTILINE)
+    assert len(items) == len(DIFFERENCES), items
+    assert f"{NUMBER_WORDS[len(DIFFERENCES)].capitalize()} things in it differ" in section
+    code = "\n".join(c.source for c in _notebook("02_naive_tape_loop.ipynb").cells
+                     if c.cell_type == "code")
+    assert "pd.DataFrame(DIFFERENCES)" in code
+
+
+def test_notebook_03_switches_are_the_differences():
+    code = "\n".join(c.source for c in _notebook("03_matched_tape_loop.ipynb").cells
+                     if c.cell_type == "code")
+    signature = re.search(r"def tape_loop\((.*?)\):", code, re.DOTALL).group(1)
+    switches = {name for name in re.findall(r"(\w+)=False", signature)}
+    assert switches == {d.key for d in DIFFERENCES} | {"graph"}
+    assert f"in {NUMBER_WORDS[len(DIFFERENCES)]} places" in _markdown("03_matched_tape_loop.ipynb")
+
+
+def test_readme_and_notebook_04_agree_with_the_differences():
+    readme = (ROOT / "README.md").read_text()
+    intro = readme.split("## Notebooks", 1)[0]
+    count = NUMBER_WORDS[len(DIFFERENCES)]
+    assert f"names the {count}\ndifferences" in intro or f"names the {count} differences" in intro
+    for difference in DIFFERENCES:
+        assert difference.name.split()[0].lower() in intro.lower(), difference.name
+    conclusions = _markdown("04_cv_comparison.ipynb").split("## Conclusions", 1)[1]
+    assert f"the {count} differences of `helpers.training.DIFFERENCES`" in conclusions
+    assert "History is not\n  one of them" in conclusions or "History is not one" in conclusions
