@@ -183,7 +183,9 @@ def record_run(results_dir: Path, **run) -> None:
     from helpers.cv import run_info
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "run_info.json").write_text(json.dumps({**run_info(), **run}, indent=2) + "\n")
+    path = results_dir / "run_info.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # keeps the summary's fields
+    path.write_text(json.dumps({**earlier, **run_info(), **run}, indent=2) + "\n")
 
 
 def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
