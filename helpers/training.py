@@ -499,7 +499,8 @@ def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, eva
             # background thread when no callback reads them per batch (callback_list.py)
             callback_list.on_train_batch_end(
                 first_step + steps_per_call - 1,
-                {metric.name: metric.result() for metric in step_metrics.metrics})
+                {metric.name: metric.result()
+                 for metric in sorted(step_metrics.metrics, key=lambda m: m.name)})
             if model.stop_training:
                 break
         epoch_logs = step_metrics.logs()
@@ -507,7 +508,9 @@ def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, eva
         val_logs = evaluate()
         callback_list.on_test_end({key.removeprefix("val_"): value
                                    for key, value in val_logs.items()})
-        epoch_logs.update(val_logs)
+        # sorted by name, as fit's logs are (keras/src/utils/python_utils.py:182, pythonify_logs),
+        # so the progress bar and History list the metrics in fit's order
+        epoch_logs = dict(sorted({**epoch_logs, **val_logs}.items()))
         callback_list.on_epoch_end(epoch, epoch_logs)
         training_logs = epoch_logs
         if model.stop_training:
