@@ -38,6 +38,9 @@ START_UP_SOURCES = ("port.cc", "cudart_stub.cc", "cuda_platform.cc", "cpu_featur
 # attributes will be ignored") that its map op's NodeDef has an attribute its op definition lacks.
 NODE_DEF_NOTICE = "NodeDef mentions attribute use_unbounded_threadpool which is not in the op"
 CPU_FEATURES_CONTINUATION = "To enable the following instructions:"
+# Under mixed_float16 on a CPU without AVX-512 FP16, oneDNN says (at ERROR level, but it only
+# means that float16 kernels fall back to Eigen's) that it supports DT_HALF on AVX-512 only.
+HALF_NOTICE = "oneDNN supports DT_HALF only on platforms with AVX-512"
 
 
 def is_start_up_line(line: str) -> bool:
@@ -48,7 +51,9 @@ def is_start_up_line(line: str) -> bool:
     if not match:
         return False
     source = match.group(0).rsplit(" ", 1)[-1].split(":")[0]
-    return source in START_UP_SOURCES or (source == "node_def_util.cc" and NODE_DEF_NOTICE in line)
+    return (source in START_UP_SOURCES
+            or (source == "node_def_util.cc" and NODE_DEF_NOTICE in line)
+            or (source == "util.cc" and HALF_NOTICE in line))
 
 
 @contextlib.contextmanager
