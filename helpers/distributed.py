@@ -78,12 +78,15 @@ from helpers.training import (
     _require_compiled,
     _run_epochs,
     epoch_orders,
+    keras_version,
     ordered_dataset,
     train_fit,
     train_matched,
 )
 
 TRAINERS = ("loop", "fit", "matched")
+# The oldest Keras whose fit under a strategy this loop is shown to reproduce.
+STRATEGY_KERAS = (3, 15)
 ARTICLE_DROPOUT = 0.5
 
 
@@ -167,6 +170,11 @@ def _accuracy_metric(y, model, name: str = "accuracy") -> keras.metrics.Metric:
 
 def _check_strategy(model, strategy) -> None:
     _require_compiled(model)
+    if keras_version() < STRATEGY_KERAS:
+        raise NotImplementedError(
+            f"the distributed loop with Keras {keras.__version__}: it scales the loss as Keras "
+            "3.15's fit does under a strategy, and older fits scale it otherwise "
+            "(tests/test_distributed.py)")
     if model.distribute_strategy is not strategy:
         raise ValueError(
             f"model {model.name!r} was not built under this strategy's scope: create and compile "

@@ -91,7 +91,7 @@ def train_and_test(
     for method, train in methods.items():
         method_file = results_path / f"{method}.csv" if results_path else None
         if method_file is not None and method_file.exists():
-            tables.append(pd.read_csv(method_file))
+            tables.append(pd.read_csv(method_file, float_precision="round_trip"))  # exact floats
             if verbose:
                 print(f"{method}: finished earlier, read {method_file}")
             continue

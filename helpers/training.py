@@ -111,9 +111,10 @@ def _check_orders(batch_orders, num_samples: int, epochs: int) -> np.ndarray:
     return batch_orders
 
 
-def _metric_logs(metrics) -> dict[str, float]:
+def _metric_logs(metrics, as_float: bool = True) -> dict:
     """Each metric's running value by name, a compiled-metrics container's results flattened into
-    it, as ``model.get_metrics_result`` does (keras/src/trainers/trainer.py:529-546)."""
+    it, as ``model.get_metrics_result`` does (keras/src/trainers/trainer.py:529-546); as floats,
+    or as the tensors fit hands its per-batch callbacks (`as_float` False)."""
     logs = {}
     for metric in metrics:
         result = metric.result()
@@ -121,7 +122,7 @@ def _metric_logs(metrics) -> dict[str, float]:
             logs.update(result)
         else:
             logs[metric.name] = result
-    return {name: float(value) for name, value in logs.items()}
+    return {name: float(value) for name, value in logs.items()} if as_float else logs
 
 
 def _require_compiled(model: keras.Model) -> None:
@@ -315,6 +316,16 @@ def _compile_argument(model: keras.Model, name: str):
     return model._compile_config.config.get(name)
 
 
+# The oldest Keras whose fit the loop's loss scaling (mixed_float16) is shown to reproduce.
+LOSS_SCALING_KERAS = (3, 15)
+
+
+def keras_version() -> tuple[int, int]:
+    """Keras' (major, minor) version."""
+    major, minor = keras.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: bool = False):
     """Raise for a compiled model, option or data that `train_tape_loop` with these `fixes`
     would train differently from fit, naming it, so that the loop never trains silently
@@ -339,6 +350,11 @@ def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: b
     replicas = model.distribute_strategy.num_replicas_in_sync
     if replicas > 1:
         refused.append(f"a distribution strategy with {replicas} replicas")
+    if (isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+            and keras_version() < LOSS_SCALING_KERAS):
+        refused.append(f"loss scaling (LossScaleOptimizer) with Keras {keras.__version__}: the "
+                       "loop follows the loss scaling of Keras 3.15's fit "
+                       "(tests/test_fit_options.py)")
     if "mean_loss" not in fixes:
         optimizer = model.optimizer
         needs = {
@@ -499,8 +515,7 @@ def _run_epochs(train_step, batches, steps, epochs, step_metrics: TrainStep, eva
             # background thread when no callback reads them per batch (callback_list.py)
             callback_list.on_train_batch_end(
                 first_step + steps_per_call - 1,
-                {metric.name: metric.result()
-                 for metric in sorted(step_metrics.metrics, key=lambda m: m.name)})
+                dict(sorted(_metric_logs(step_metrics.metrics, as_float=False).items())))
             if model.stop_training:
                 break
         epoch_logs = step_metrics.logs()

@@ -7,12 +7,10 @@ order (`epoch_orders`) everywhere; batch size 50 so that every epoch ends in a p
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
-import papermill
 import pytest
 
 from helpers.custom_step import (
@@ -133,18 +131,3 @@ def test_make_step_needs_the_step_fixes(small_split):
     with pytest.raises(ValueError, match="'dropout' and 'mean_loss'"):
         train_tape_loop(create_cnn(0), *small_split, epochs=1, batch_size=64, seed=0,
                         fixes=("shuffle", "partial_batch"), make_step=layer_clipped(1.0))
-
-
-def test_notebook_07_refuses_a_bad_parameter(tmp_path):
-    """Notebook 07's own parameters (beyond validate_parameters') stop the run by name, at the
-    validation cell, before anything is trained."""
-    notebook = NOTEBOOKS / "07_keep_fit_change_step.ipynb"
-    shutil.copy(notebook, tmp_path / notebook.name)
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(
-            str(tmp_path / notebook.name), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path),
-            kernel_name="python3", progress_bar=False,
-            parameters={"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
-    assert error.value.ename == "ValueError"
-    assert "learning_rate=0.0" in error.value.evalue
-    assert not (tmp_path / "output").exists()

@@ -199,7 +199,15 @@ def trained(data):
     return get
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# Shown bit for bit on the pinned Keras only: with Keras 3.5 the weighted metrics differ by
+# 2.4e-7 and the loop's loss scaling is refused (check_reproducible).
+PINNED_ONLY = {"sample_weight_and_metrics", "mixed_float16"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.pinned) if name in PINNED_ONLY else name
+    for name in CASES
+])
 def test_matched_loop_reproduces_fit_under_the_option(trained, name):
     fit, loop = trained(name)
     assert history_difference(fit.history, loop.history) == 0.0
@@ -224,7 +232,10 @@ def test_history_keys_follow_the_compiled_metrics(trained):
     assert set(loop.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
-@pytest.mark.parametrize("name", [name for name in CASES if name not in ("default", "no_metrics")])
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.pinned) if name in PINNED_ONLY else name
+    for name in CASES if name not in ("default", "no_metrics")
+])
 def test_the_options_change_training(trained, name):
     """Each option did something: matching fit under it is not matching the default run."""
     default, loop = trained("default")[1], trained(name)[1]
@@ -238,6 +249,7 @@ def test_max_norm_constraint_is_active(trained):
     assert np.sqrt((kernel**2).sum(axis=0)).max() == pytest.approx(0.3, rel=1e-5)
 
 
+@pytest.mark.pinned
 def test_mixed_float16_uses_a_loss_scale(trained):
     """compile() wrapped the optimizer in a LossScaleOptimizer with a scale far from 1, so a loop
     that skipped ``scale_loss`` would take different steps."""

@@ -54,3 +54,18 @@ def test_bad_parameter_stops_with_a_clear_error(workdir, name, value, message):
     assert error.value.ename == "ValueError"
     assert message in error.value.evalue
     assert not (workdir.parent / "output" / "cv").exists(), "nothing trained or written"
+
+
+def test_notebook_07_refuses_a_bad_parameter(tmp_path):
+    """Notebook 07's own parameters (beyond validate_parameters') stop the run by name, at the
+    validation cell, before anything is trained."""
+    notebook = NOTEBOOKS / "07_keep_fit_change_step.ipynb"
+    shutil.copy(notebook, tmp_path / notebook.name)
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(
+            str(tmp_path / notebook.name), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path),
+            kernel_name="python3", progress_bar=False,
+            parameters={"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
+    assert error.value.ename == "ValueError"
+    assert "learning_rate=0.0" in error.value.evalue
+    assert not (tmp_path / "output").exists()
