@@ -228,6 +228,10 @@ def main(argv=None) -> int:
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--steps-per-execution", type=int, default=1,
                         help="batches per compiled call; bit-identical results, less overhead")
+    parser.add_argument("--variants", nargs="+", choices=ABLATION_METHODS, default=None,
+                        metavar="VARIANT",
+                        help="train only these variants (default: all 8); lets two "
+                             "single-thread processes share the folds' work")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -241,7 +245,7 @@ def main(argv=None) -> int:
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
             tf.config.threading.set_inter_op_parallelism_threads(args.threads)
         methods = {name: partial(METHODS[name], steps_per_execution=args.steps_per_execution)
-                   for name in ablation_variants()}
+                   for name in args.variants or ablation_variants()}
         record_run(args.results_dir, intra_op_threads=args.threads or "default",
                    steps_per_execution=args.steps_per_execution)
         started = time.perf_counter()
