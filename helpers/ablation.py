@@ -157,17 +157,35 @@ def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss",
     return figure
 
 
-def combined_table(results_dir: Path, baseline_dir: Path | None) -> pd.DataFrame:
+def combined_table(results_dir: Path, baseline_dir: Path | None,
+                   complete_folds_only: bool = True) -> pd.DataFrame:
     """The variants' finished folds from `results_dir`, and the baselines (fit, naive, matched)
-    from `baseline_dir`'s table.csv (or from `results_dir` when no baseline folder is given)."""
-    folds = sorted(results_dir.glob("*/fold_*.csv"))
+    from `baseline_dir`'s table.csv (or from `results_dir` when no baseline folder is given).
+
+    With `complete_folds_only`, only the folds that every variant in `results_dir` has finished:
+    while the run is in progress, every variant is then compared on the same folds (the run is
+    fold-major, so at most its last fold is left out)."""
+    folds = sorted(Path(results_dir).glob("*/fold_*.csv"))
     tables = [pd.read_csv(path) for path in folds]
     if baseline_dir is not None:
-        baseline = pd.read_csv(baseline_dir / "table.csv")
+        baseline = pd.read_csv(Path(baseline_dir) / "table.csv")
         tables.append(baseline[baseline["method"].isin(BASELINES)])
     if not tables:
         raise FileNotFoundError(f"no finished folds in {results_dir}")
-    return pd.concat(tables, ignore_index=True)
+    table = pd.concat(tables, ignore_index=True)
+    if complete_folds_only:
+        table = table[~table["method"].isin(ABLATION_METHODS)
+                      | table["fold"].isin(complete_folds(table))].reset_index(drop=True)
+    return table
+
+
+def complete_folds(table: pd.DataFrame) -> list[int]:
+    """The folds that every variant in `table` has finished."""
+    variants = table[table["method"].isin(ABLATION_METHODS)]
+    per_variant = variants.groupby("method")["fold"].unique()
+    if per_variant.empty:
+        return []
+    return sorted(set.intersection(*(set(folds) for folds in per_variant)))
 
 
 def _check_same_settings(results_dir: Path, baseline_dir: Path) -> None:
@@ -189,17 +207,18 @@ def record_run(results_dir: Path, **run) -> None:
 
 
 def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
-    """table.csv (the variants only), summary.csv, effects.csv and gap_closed.png from the
-    finished folds; the summed training time and the number of finished runs in
-    run_info.json (written by `record_run`)."""
+    """table.csv (every finished run of the variants); summary.csv, effects.csv and
+    gap_closed.png from the folds every variant has finished; the summed training time, the
+    number of finished runs and of complete folds in run_info.json (written by `record_run`)."""
     from helpers.compare import summarize
 
-    combined = combined_table(results_dir, baseline_dir)
-    variants = combined[combined["method"].isin(ABLATION_METHODS)]
+    finished = combined_table(results_dir, baseline_dir, complete_folds_only=False)
+    variants = finished[finished["method"].isin(ABLATION_METHODS)]
     order = {name: i for i, name in enumerate(ABLATION_METHODS)}
     variants = variants.sort_values(
         ["method", "fold", "epoch"], key=lambda c: c.map(order) if c.name == "method" else c)
     variants.to_csv(results_dir / "table.csv", index=False)
+    combined = combined_table(results_dir, baseline_dir)  # the folds every variant finished
     summarize(combined).to_csv(results_dir / "summary.csv")
     effect_table = effects(combined)
     effect_table.to_csv(results_dir / "effects.csv", index=False)
@@ -210,6 +229,7 @@ def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
     info = json.loads(info_path.read_text())
     info["training_seconds_all_folds"] = round(float(variants["seconds"].sum()), 1)
     info["finished_runs"] = int(variants.groupby(["method", "fold"]).ngroups)
+    info["complete_folds"] = len(complete_folds(variants))
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     return info
 

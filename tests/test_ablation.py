@@ -158,6 +158,23 @@ def test_effects_use_only_folds_every_method_finished():
     assert row["folds"] == 2
 
 
+def test_variants_are_compared_on_the_folds_all_of_them_finished(tmp_path):
+    """Two processes share the variants; while one is a fold ahead, that fold is left out of the
+    comparison (and kept in table.csv)."""
+    from helpers.cv import history_table
+
+    history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
+    ahead, behind = ABLATION_METHODS[:2]
+    for method, folds in ((ahead, 3), (behind, 2)):
+        (tmp_path / method).mkdir()
+        for fold in range(folds):
+            history_table(history, method, fold).to_csv(
+                tmp_path / method / f"fold_{fold:02d}.csv", index=False)
+    assert ablation.complete_folds(ablation.combined_table(tmp_path, None, False)) == [0, 1]
+    compared = ablation.combined_table(tmp_path, None)
+    assert sorted(compared.groupby("method")["fold"].nunique()) == [2, 2]
+
+
 def test_rise_after_best_epoch():
     table = _synthetic_table({"naive": [0.08]}, rise=-0.01)  # best at epoch 1, then +0.01
     measures = ablation.per_fold_measures(table).iloc[0]
@@ -186,6 +203,7 @@ def test_summary_files_from_finished_folds(tmp_path):
     assert info["finished_runs"] == 4 and info["training_seconds_all_folds"] == 12.0
     assert info["steps_per_execution"] == 50 and info["tensorflow"]
     assert len(pd.read_csv(variants / "table.csv")) == 8
+    assert info["complete_folds"] == 2
     assert len(pd.read_csv(variants / "effects.csv")) == 2 * len(ablation.MEASURES)
     assert (variants / "gap_closed.png").stat().st_size > 0
 
@@ -200,8 +218,8 @@ def _final_val_loss(path: Path) -> pd.Series:
 
 def test_committed_answer_quotes_the_committed_fold_files():
     """The README's headline, its ablation block and notebook 02's first paragraph are generated
-    from results/ablation; recomputed here straight from the fold CSVs, each added fix's share
-    of the gap must be what they quote."""
+    from results/ablation; recomputed here straight from the fold CSVs of the folds every variant
+    has finished, each added fix's share of the gap must be what they quote."""
     from helpers import report
 
     assert report.main(["results/full-scale", "--ablation", "results/ablation", "--check"]) == 0, (
@@ -211,9 +229,14 @@ def test_committed_answer_quotes_the_committed_fold_files():
     readme = (ROOT / "README.md").read_text()
     answer = readme.split(report.ANSWER_MARKERS[0])[1].split(report.ANSWER_MARKERS[1])[0]
     notebook = nbformat.read(ROOT / "notebooks/02_naive_tape_loop.ipynb", as_version=4)
+    finished = {method: {int(path.stem.split("_")[1])
+                         for path in (ROOT / "results/ablation" / method).glob("fold_*.csv")}
+                for method in ABLATION_METHODS}
+    complete = set.intersection(*(folds for folds in finished.values() if folds))
     quoted = 0
     for difference in DIFFERENCES:
         files = sorted((ROOT / "results/ablation" / f"naive+{difference.key}").glob("fold_*.csv"))
+        files = [path for path in files if int(path.stem.split("_")[1]) in complete]
         if not files:
             continue
         shares = []
