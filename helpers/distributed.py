@@ -5,23 +5,32 @@ workers, where Keras 3's fit does not (keras-team/keras#20585).
     python -m helpers.distributed --replicas 2 --trainers fit loop   # MirroredStrategy, 2 CPUs
 
 `train_distributed` trains a compiled model, built under ``strategy.scope()``, the way fit does
-under that strategy (Keras 3.15.1, TensorFlow backend):
+under that strategy (Keras 3.15.1, TensorFlow backend). Each replica runs fit's own step, the
+one `helpers.training` runs on one device (``matched_train_step``; ``_Evaluator`` for
+validation), so the loss, the metrics and the History keys are the compiled ones:
 
 - the dataset is distributed by the strategy (``experimental_distribute_dataset``, as fit's
   ``TFEpochIterator``, keras/src/backend/tensorflow/trainer.py:747-757) and each step is
   ``strategy.run`` inside one ``tf.function`` (trainer.py:131-147) on the iterator's next batch
   (:150-155);
-- the loss of each replica is its own batch mean times ``1 / replicas``: Keras' Loss objects do
-  that themselves inside a replica context (keras/src/losses/loss.py:160 calls
-  ``scale_loss_for_distribution``, :229-243), and fit scales each of ``model.losses`` the same
-  way (trainer.py:742-744). The optimizer then *sums* the replicas' gradients
+- the compiled loss and metrics are built under the strategy's scope before the first step, as
+  fit builds them (``_symbolic_build`` inside ``strategy.scope()``, trainer.py:739-740), so
+  their variables are the strategy's;
+- the loss of each replica is ``compute_loss`` (keras/src/trainers/trainer.py:385-401), which
+  comes out as its own batch mean times ``1 / replicas``: the compiled Loss object scales
+  itself inside a replica context (keras/src/losses/loss.py:160 calls
+  ``scale_loss_for_distribution``, :229-243), and the TensorFlow trainer's
+  ``_aggregate_additional_loss`` scales each of ``model.losses`` the same way
+  (trainer.py:742-744). The optimizer then *sums* the replicas' gradients
   (keras/src/backend/tensorflow/optimizer.py:141-160), so the update is the mean of the
   replicas' batch-mean gradients;
-- the loss metric gets the unscaled loss, weighted by the replica's batch size (trainer.py:69-74,
-  ``unscale_loss_for_distribution`` at loss.py:246-258); metric variables are ``on_read``
+- the model's loss tracker gets that loss unscaled again, weighted by the replica's batch size
+  (trainer.py:69-74, ``unscale_loss_for_distribution`` at loss.py:246-258), and the compiled
+  metrics are updated by ``compute_metrics`` (trainer.py:88); metric variables are ``on_read``
   variables aggregated by ``sum`` (keras/src/metrics/metric.py:193-204), so reading a result
   outside the replicas adds up every replica's totals and counts;
-- validation is ``training=False`` over the distributed validation set (trainer.py:90-103).
+- validation is fit's ``test_step`` (``training=False``, trainer.py:90-105) over the
+  distributed validation set.
 
 The partial last batch: the strategy splits every global batch as evenly as it can, the first
 replicas taking ``ceil(n / replicas)`` samples and the last ones the rest, so at global batch 64
@@ -66,7 +75,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from helpers.data import load_mnist
 from helpers.model import compile_like_article, create_cnn
@@ -75,10 +83,12 @@ from helpers.training import (
     HISTORY_KEYS,
     TrainStep,
     _check_orders,
+    _Evaluator,
     _require_compiled,
     _run_epochs,
     epoch_orders,
     keras_version,
+    matched_train_step,
     ordered_dataset,
     train_fit,
     train_matched,
@@ -117,57 +127,6 @@ def mirrored_strategy(replicas: int):
 # The step and the loop
 
 
-def replica_loss(model, loss_fn, y, y_pred):
-    """This replica's share of fit's loss under a strategy with R replicas in sync:
-    batch-mean loss / R + sum of each of model.losses / R.
-
-    `loss_fn` is a Keras Loss with the default ``sum_over_batch_size`` reduction; called inside
-    ``strategy.run`` it already divides its batch mean by R (keras/src/losses/loss.py:160). The
-    extra losses (regularizers, ``add_loss``) are summed and divided by R here, as fit's
-    ``_aggregate_additional_loss`` does (keras/src/backend/tensorflow/trainer.py:742-744)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    extra = [ops.sum(loss) for loss in model.losses]
-    if replicas > 1:
-        extra = [ops.multiply(loss, ops.cast(1.0 / replicas, loss.dtype)) for loss in extra]
-    losses = [loss_fn(y, y_pred), *extra]
-    return losses[0] if len(losses) == 1 else ops.sum(losses)
-
-
-def _unscaled(loss):
-    """The loss as the History reports it: times R again (loss.py:246-258)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return ops.multiply(loss, ops.cast(replicas, loss.dtype)) if replicas > 1 else loss
-
-
-class _ReducedLoss(keras.losses.Loss):
-    """A per-sample loss function with Keras' default batch reduction (``sum_over_batch_size``),
-    as compile() wraps a loss given by name or function (keras/src/losses/losses.py,
-    ``LossFunctionWrapper``, which Keras does not export)."""
-
-    def __init__(self, per_sample_fn):
-        super().__init__(name=getattr(per_sample_fn, "__name__", "loss"))
-        self.per_sample_fn = per_sample_fn
-
-    def call(self, y_true, y_pred):
-        return self.per_sample_fn(y_true, y_pred)
-
-
-def _batch_loss(model) -> keras.losses.Loss:
-    """The compiled loss as a Keras Loss with the default ``sum_over_batch_size`` reduction."""
-    if isinstance(model.loss, keras.losses.Loss):
-        return model.loss
-    return _ReducedLoss(keras.losses.get(model.loss))
-
-
-def _accuracy_metric(y, model, name: str = "accuracy") -> keras.metrics.Metric:
-    """The metric compile(metrics=["accuracy"]) picks for these labels and outputs."""
-    if model.output_shape[-1] == 1:
-        return keras.metrics.BinaryAccuracy(name=name)
-    if np.ndim(y) >= 2 and np.shape(y)[-1] > 1:
-        return keras.metrics.CategoricalAccuracy(name=name)
-    return keras.metrics.SparseCategoricalAccuracy(name=name)
-
-
 def _check_strategy(model, strategy) -> None:
     _require_compiled(model)
     if keras_version() < STRATEGY_KERAS:
@@ -188,67 +147,46 @@ def _check_strategy(model, strategy) -> None:
         )
 
 
-def distributed_train_step(model, strategy, y):
+def distributed_train_step(model, strategy, x, y):
     """fit's train step under `strategy` (trainer.py:53-88, 131-155): a function of a distributed
-    iterator that takes the next global batch and runs the replica step on every replica."""
+    iterator that takes the next global batch and runs `helpers.training.matched_train_step`
+    (fit's ``train_step``) on every replica, with the model's own metrics (``model.metrics``).
+    That step builds the compiled loss and metrics and the optimizer for data like `x`, `y`
+    (shapes only); here under the strategy's scope, as fit does (trainer.py:739-740), so that
+    their variables are the strategy's and the step is traced once."""
     _check_strategy(model, strategy)
-    loss_fn = _batch_loss(model)
     with strategy.scope():
-        optimizer = model.optimizer
-        if not optimizer.built:  # as fit does before its first step (one trace)
-            optimizer.build(model.trainable_variables)
-        loss_tracker = keras.metrics.Mean(name="loss")
-        accuracy = _accuracy_metric(y, model)
-
-    def replica_step(x_batch, y_batch):
-        with tf.GradientTape() as tape:
-            y_pred = model(x_batch, training=True)
-            loss = replica_loss(model, loss_fn, y_batch, y_pred)
-        loss_tracker.update_state(_unscaled(loss), sample_weight=tf.shape(x_batch)[0])
-        accuracy.update_state(y_batch, y_pred)
-        grads = tape.gradient(loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grads, model.trainable_weights))  # sums over replicas
+        replica_step = matched_train_step(model, x, y)
 
     def train_step(iterator):
-        strategy.run(replica_step, args=next(iterator))
+        strategy.run(replica_step.step, args=next(iterator))
 
-    return TrainStep(train_step, (loss_tracker, accuracy))
+    return TrainStep(train_step, replica_step.metrics)
 
 
-class _DistributedEvaluator:
-    """fit's validation under a strategy: batches of `batch_size` split over the replicas,
-    ``training=False``, loss metric as in training (trainer.py:90-103)."""
+class _DistributedEvaluator(_Evaluator):
+    """fit's validation under a strategy: `helpers.training._Evaluator`'s step -- fit's
+    ``test_step`` (trainer.py:90-105) on the model's own metrics -- run by ``strategy.run`` on
+    each replica's part of every batch of `batch_size` (trainer.py:131-155), the partial batch
+    kept; its reset and ``val_*`` logs are `_Evaluator`'s."""
 
     def __init__(self, model, strategy, x_val, y_val, batch_size):
-        loss_fn = _batch_loss(model)
-        with strategy.scope():
-            self.loss_tracker = keras.metrics.Mean(name="val_loss")
-            self.accuracy = _accuracy_metric(y_val, model, name="val_accuracy")
+        # not _Evaluator.__init__: the batches come from a distributed dataset, not from slices
+        self.model, self.metrics = model, tuple(model.metrics)
         dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
         self.dataset = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
         self.steps = math.ceil(len(x_val) / batch_size)
 
-        def replica_step(x_batch, y_batch):
-            y_pred = model(x_batch, training=False)
-            loss = replica_loss(model, loss_fn, y_batch, y_pred)
-            self.loss_tracker.update_state(_unscaled(loss), sample_weight=tf.shape(x_batch)[0])
-            self.accuracy.update_state(y_batch, y_pred)
-
         @tf.function
         def test_step(iterator):
-            strategy.run(replica_step, args=next(iterator))
+            strategy.run(self._step, args=next(iterator))
 
-        self.test_step = test_step
+        self.step = test_step
 
-    def __call__(self) -> dict[str, float]:
-        """One validation pass; fit's ``val_*`` logs."""
-        self.loss_tracker.reset_state()
-        self.accuracy.reset_state()
+    def _run_steps(self) -> None:
         iterator = iter(self.dataset)
         for _ in range(self.steps):
-            self.test_step(iterator)
-        return {metric.name: float(metric.result())
-                for metric in (self.loss_tracker, self.accuracy)}
+            self.step(iterator)
 
 
 def _shard_by_data(dataset):
@@ -271,7 +209,7 @@ def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_si
     x, y = train_data
     batch_orders = (epoch_orders(len(x), epochs, seed) if batch_orders is None
                     else _check_orders(batch_orders, len(x), epochs))
-    step = distributed_train_step(model, strategy, y)
+    step = distributed_train_step(model, strategy, x, y)
     evaluate = _DistributedEvaluator(model, strategy, *val_data, batch_size)
     dataset = _shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
     iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one across all epochs
@@ -495,7 +433,7 @@ def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None
     reshuffles every epoch (the same seed on every worker, so they agree on the order)."""
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     model = build_cnn(strategy, args.seed)
-    step = distributed_train_step(model, strategy, y)
+    step = distributed_train_step(model, strategy, x, y)
     train_function = tf.function(step.step)
     dataset = (tf.data.Dataset.from_tensor_slices((x, y))
                .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)

@@ -62,6 +62,12 @@ import numpy as np
 import tensorflow as tf
 from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils
 
+try:  # fit's loss tracker gets the loss times the number of replicas (trainer.py:69-74)
+    from keras.src.losses.loss import unscale_loss_for_distribution
+except ImportError:  # older Keras (3.5.0) scales no loss per replica; the identity is right
+    def unscale_loss_for_distribution(loss):
+        return loss
+
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -153,7 +159,9 @@ class _Evaluator:
     on the model's own metrics, reset first): ``training=False``, batches of `batch_size` with the
     partial batch kept, the compiled loss + model.losses (``compute_loss``), the loss tracker's
     running mean weighted by batch size, the compiled metrics through ``compute_metrics`` with
-    the validation sample weights if given; logs prefixed ``val_`` (trainer.py:433-435)."""
+    the validation sample weights if given; logs prefixed ``val_`` (trainer.py:433-435).
+    `_step` is that test step, also per replica under a strategy (helpers.distributed runs it
+    there with its own `_run_steps`)."""
 
     def __init__(self, model, val_data, batch_size, compiled):
         self.model, self.batch_size = model, batch_size
@@ -169,15 +177,21 @@ class _Evaluator:
         y_pred = self.model(x, training=False)
         loss = self.model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                         training=False)
-        _loss_tracker(self.model).update_state(loss, sample_weight=tf.shape(x)[0])
+        # unscaled as fit's test_step does (trainer.py:99-104): the identity on one device
+        _loss_tracker(self.model).update_state(unscale_loss_for_distribution(loss),
+                                               sample_weight=tf.shape(x)[0])
         self.model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _run_steps(self) -> None:
+        """The test step on every validation batch, in order."""
+        for start in range(0, int(self.tensors[0].shape[0]), self.batch_size):
+            self.step(*(t[start:start + self.batch_size] for t in self.tensors))
 
     def __call__(self) -> dict[str, float]:
         """One validation pass; fit's ``val_*`` logs."""
         for metric in self.metrics:
             metric.reset_state()
-        for start in range(0, int(self.tensors[0].shape[0]), self.batch_size):
-            self.step(*(t[start:start + self.batch_size] for t in self.tensors))
+        self._run_steps()
         return {f"val_{name}": value for name, value in _metric_logs(self.metrics).items()}
 
 
@@ -386,7 +400,9 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
       with ``training`` unset, as the article does, so Dropout is off;
     - `mean_loss`: fit's loss and update (keras/src/backend/tensorflow/trainer.py:53-88):
       ``compute_loss`` -- the compiled loss, sample-weighted and reduced as compiled, plus each of
-      ``model.losses`` (trainer.py:385-401) --, the loss tracker updated with it, then
+      ``model.losses`` (trainer.py:385-401) --, the loss tracker updated with it (unscaled by
+      ``unscale_loss_for_distribution`` as fit does, trainer.py:69-74: the identity on one
+      device; under a strategy helpers.distributed runs this step per replica), then
       ``optimizer.scale_loss`` (the loss scale of a ``LossScaleOptimizer`` under
       ``mixed_float16``; the identity otherwise) before the gradient, which
       ``apply_gradients`` unscales; else the article's per-sample loss vector, whose gradient is
@@ -432,7 +448,8 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
                 y_pred = forward(x_batch)
                 loss = model._compute_loss(x=x_batch, y=y_batch, y_pred=y_pred,
                                            sample_weight=weights, training=True)
-                loss_tracker.update_state(loss, sample_weight=tf.shape(x_batch)[0])
+                loss_tracker.update_state(unscale_loss_for_distribution(loss),
+                                          sample_weight=tf.shape(x_batch)[0])
                 loss = optimizer.scale_loss(loss)
             update(tape, loss, x_batch, y_batch, y_pred, weights)
     else:

@@ -54,14 +54,18 @@ TIMEOUT = 240  # seconds for any one run (each takes ~15 s on an idle 2-core mac
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    """`python -m helpers.distributed ARGS` in a fresh process (subprocess.run kills it if the
-    timeout passes)."""
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    """`python ARGS` in a fresh process (subprocess.run kills it if the timeout passes)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-m", "helpers.distributed", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    """`python -m helpers.distributed ARGS` in a fresh process."""
+    return run_python("-m", "helpers.distributed", *args)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -152,6 +156,47 @@ def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
     assert max_weight_difference(replicas["weights"], single["weights"]) < 1e-5
     # Not trivially equal: the arithmetic differs, so some weight moved by a rounding error.
     assert max_weight_difference(replicas["weights"], single["weights"]) > 0
+
+
+# fit and the loop under a 2-replica MirroredStrategy, on a model compiled with a metric the
+# article's compile call does not have; the ODD sizes, so the partial batches split unevenly.
+EXTRA_METRIC_RUN = """
+import sys
+from pathlib import Path
+
+import keras
+
+from helpers.distributed import load_split, mirrored_strategy, save_result, train_distributed
+from helpers.model import create_cnn
+from helpers.training import epoch_orders, train_fit
+
+strategy = mirrored_strategy(2)
+train, val = load_split(609, 130, seed=0)
+runs = dict(epochs=2, batch_size=64, seed=0, batch_orders=epoch_orders(609, 2, seed=0))
+for name in ("fit", "loop"):
+    with strategy.scope():  # the same initial weights for both (create_cnn seeds them)
+        model = create_cnn(0, compile=False)
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=[
+            "accuracy", keras.metrics.TopKCategoricalAccuracy(k=2, name="top_2_accuracy")])
+    history = (train_fit(model, train, val, **runs) if name == "fit"
+               else train_distributed(model, strategy, train, val, **runs))
+    save_result({"history": history, "weights": model.get_weights()}, Path(sys.argv[1]) / name)
+"""
+
+
+def test_loop_equals_fit_with_any_compiled_metric(tmp_path):
+    """The loop's History is the compiled metrics' (the loss tracker and ``compute_metrics``, as
+    in fit's step), so a metric other than accuracy -- top-2 accuracy here -- is in it, in
+    training and validation, equal to fit's to the bit, and so are the weights."""
+    run_python("-c", EXTRA_METRIC_RUN, str(tmp_path))
+    fit, loop = (load_result(tmp_path / name) for name in ("fit", "loop"))
+    metric_keys = set(fit["history"]) - {"seconds"}
+    assert metric_keys == {"loss", "accuracy", "top_2_accuracy", "val_loss", "val_accuracy",
+                           "val_top_2_accuracy"}
+    assert set(loop["history"]) - {"seconds"} == metric_keys
+    for key in metric_keys:
+        assert loop["history"][key] == fit["history"][key], key
+    assert max_weight_difference(fit["weights"], loop["weights"]) == 0
 
 
 def worker_args(out: Path, *extra: str):
@@ -260,9 +305,10 @@ def test_the_loop_refuses_what_it_cannot_reproduce():
 
     strategy = tf.distribute.get_strategy()
     outside = tf.distribute.OneDeviceStrategy("/cpu:0")
+    batch = np.zeros((1, 28, 28, 1)), np.zeros((1, 10))
     with pytest.raises(ValueError, match="not built under this strategy's scope"):
-        distributed_train_step(build_cnn(outside, 0), strategy, np.zeros((1, 10)))
+        distributed_train_step(build_cnn(outside, 0), strategy, *batch)
     model = create_cnn(0, compile=False)
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
     with pytest.raises(ValueError, match="jit_compile=True"):
-        distributed_train_step(model, strategy, np.zeros((1, 10)))
+        distributed_train_step(model, strategy, *batch)
