@@ -84,6 +84,7 @@ from helpers.training import (
     TrainStep,
     _check_orders,
     _Evaluator,
+    _overrides,
     _require_compiled,
     _run_epochs,
     epoch_orders,
@@ -140,6 +141,10 @@ def _check_strategy(model, strategy) -> None:
             "it inside `with strategy.scope():` so that its variables, the optimizer's and the "
             "metrics' are replicated (as fit requires)"
         )
+    for method in ("train_step", "test_step"):
+        if _overrides(model, method):  # fit would run the override; this loop is fit's default
+            raise NotImplementedError(
+                f"a custom {method} ({type(model).__name__}.{method}) under the distributed loop")
     if model.jit_compile:  # "auto" resolves to True on a GPU/TPU (keras/src/trainers/trainer.py)
         raise ValueError(
             f"model {model.name!r} is compiled with jit_compile=True, so fit would run its step "

@@ -64,7 +64,8 @@ from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils
 
 try:  # fit's loss tracker gets the loss times the number of replicas (trainer.py:69-74)
     from keras.src.losses.loss import unscale_loss_for_distribution
-except ImportError:  # older Keras (3.5.0) scales no loss per replica; the identity is right
+except ImportError:  # Keras before 3.15 lacks it; there the distributed loop is refused
+    # (helpers.distributed.STRATEGY_KERAS), and on one device unscaling is the identity.
     def unscale_loss_for_distribution(loss):
         return loss
 

@@ -297,7 +297,9 @@ def test_free_ports_and_tf_config():
 
 
 def test_the_loop_refuses_what_it_cannot_reproduce():
-    """A model from outside the strategy's scope, or compiled for XLA, is an error naming why."""
+    """A model from outside the strategy's scope, compiled for XLA, or with its own train_step is
+    an error naming why."""
+    import keras
     import tensorflow as tf
 
     from helpers.distributed import build_cnn, distributed_train_step
@@ -312,3 +314,12 @@ def test_the_loop_refuses_what_it_cannot_reproduce():
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
     with pytest.raises(ValueError, match="jit_compile=True"):
         distributed_train_step(model, strategy, *batch)
+
+    class OwnStep(keras.Sequential):
+        def train_step(self, data):
+            return super().train_step(data)
+
+    custom = OwnStep(create_cnn(0, compile=False).layers)
+    custom.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=False)
+    with pytest.raises(NotImplementedError, match=r"custom train_step \(OwnStep.train_step\)"):
+        distributed_train_step(custom, strategy, *batch)
