@@ -70,7 +70,7 @@ from keras import ops
 
 from helpers.data import load_mnist
 from helpers.model import compile_like_article, create_cnn
-from helpers.private_network import LoopbackNetwork
+from helpers.tooling.private_network import LoopbackNetwork
 from helpers.training import (
     HISTORY_KEYS,
     TrainStep,
