@@ -3,7 +3,7 @@ mixed_bfloat16 dtype policy, cross-validated on the same folds from the same ini
 
 Companion of ``throughput.py --methods fit_auto fit_bf16 matched_graph matched_bf16`` (the speed
 side): this is what bfloat16 does to the result. Every model is built and trained inside
-`helpers.speed.dtype_policy`; the matched loop equals fit under either policy
+`helpers.tooling.speed.dtype_policy`; the matched loop equals fit under either policy
 (tests/test_fit_options.py), so fit alone is cross-validated by default. Prints the final-epoch
 summary and the paired comparison (bf16 minus float32, per fold) and writes the tidy per-epoch
 table as CSV.
@@ -64,7 +64,7 @@ def main(argv=None):
 
     from helpers.compare import final_epoch, paired_comparison
     from helpers.data import load_mnist
-    from helpers.speed import policy_cross_validation
+    from helpers.tooling.speed import policy_cross_validation
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "

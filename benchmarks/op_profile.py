@@ -2,8 +2,8 @@
 
 Each method trains its own copy of the article's CNN for warm-up epochs, then epochs under
 TensorFlow's profiler, the methods taking turns (`--rounds` each; the median epoch by wall time is
-kept); the trace is read back (helpers/profiling.py) and the epoch's wall time is split into op
-categories -- convolutions forward / weight gradient / input gradient, pooling, dropout,
+kept); the trace is read back (helpers/tooling/profiling.py) and the epoch's wall time is split
+into op categories -- convolutions forward / weight gradient / input gradient, pooling, dropout,
 optimizer, ... -- plus *idle* time when no op runs (Python, function calls, the executor between
 ops). The FLOP kernels are compared with a float32 matmul measured after the profiles, and three
 utilizations are printed: as run, without the idle time, and with only the FLOP kernels left (the
@@ -31,8 +31,8 @@ QUICK = {"samples": 200, "warmup": 1, "rounds": 1, "peak_size": 1024}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from helpers.benchmark_args import benchmark_parser, parse_benchmark_args
-    from helpers.speed import METHODS
+    from helpers.tooling.benchmark_args import benchmark_parser, parse_benchmark_args
+    from helpers.tooling.speed import METHODS
 
     parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--warmup", type=int, default=2,
@@ -64,10 +64,10 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
-    from helpers.benchmark_args import run_stamp
     from helpers.data import load_mnist
-    from helpers.profiling import profile_rounds, utilization_bounds
-    from helpers.speed import METHODS, make_runner, matmul_gflops
+    from helpers.tooling.benchmark_args import run_stamp
+    from helpers.tooling.profiling import profile_rounds, utilization_bounds
+    from helpers.tooling.speed import METHODS, make_runner, matmul_gflops
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "

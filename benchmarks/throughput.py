@@ -6,7 +6,7 @@ rotated each round) so machine noise hits them alike; the first epoch of each is
 training only (no validation), and every ratio is to ``model.fit`` with ``jit_compile="auto"``
 measured in the same run. Achieved GFLOP/s come from an analytic FLOP count (3 x the forward
 pass's conv and dense FLOPs) and are compared with a float32 matmul measured in the same run.
-See helpers/speed.py for the details.
+See helpers/tooling/speed.py for the details.
 
     python benchmarks/throughput.py                    # the full measurement (several minutes)
     python benchmarks/throughput.py --quick            # seconds-long smoke run (CI)
@@ -27,8 +27,8 @@ QUICK = {"samples": 128, "epochs": 2, "warmup": 1, "repeats": 1, "peak_size": 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from helpers.benchmark_args import benchmark_parser, parse_benchmark_args
-    from helpers.speed import METHODS
+    from helpers.tooling.benchmark_args import benchmark_parser, parse_benchmark_args
+    from helpers.tooling.speed import METHODS
 
     parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--epochs", type=int, default=5,
@@ -56,9 +56,9 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from helpers.benchmark_args import run_stamp
     from helpers.data import load_mnist
-    from helpers.speed import format_table, measure, summarize
+    from helpers.tooling.benchmark_args import run_stamp
+    from helpers.tooling.speed import format_table, measure, summarize
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "

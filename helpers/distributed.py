@@ -53,10 +53,10 @@ host with ``TF_CONFIG`` naming every host (README, "More than one device"). Tens
 server binds the worker's port on every interface ("0.0.0.0:" + port is hard-coded in
 tensorflow/core/distributed_runtime/rpc/grpc_server_lib.cc; there is no option), so the
 launcher runs the workers in a private network namespace whose only interface is loopback
-(helpers.private_network; Linux, as root): there 0.0.0.0 means 127.0.0.1 of that namespace, and
-nothing outside it can connect. Where no such namespace can be made (not root, no permission to
-unshare), the workers run on this machine's network as before, and the launcher prints a warning
-that their ports are reachable from other interfaces while they run.
+(helpers.tooling.private_network; Linux, as root): there 0.0.0.0 means 127.0.0.1 of that
+namespace, and nothing outside it can connect. Where no such namespace can be made (not root, no
+permission to unshare), the workers run on this machine's network as before, and the launcher
+prints a warning that their ports are reachable from other interfaces while they run.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ import tensorflow as tf
 
 from helpers.data import load_mnist
 from helpers.model import compile_like_article, create_cnn
-from helpers.private_network import LoopbackNetwork
+from helpers.tooling.private_network import LoopbackNetwork
 from helpers.training import (
     HISTORY_KEYS,
     TrainStep,
@@ -349,7 +349,7 @@ def _worker_command(args, index: int) -> list[str]:
 
 def launch_workers(args, log=print) -> list[dict]:
     """Start `args.workers` worker processes talking over 127.0.0.1 -- in a private network
-    namespace with only a loopback interface where one can be made (helpers.private_network;
+    namespace with only a loopback interface where one can be made (helpers.tooling.private_network;
     otherwise with a warning that their ports are reachable from other interfaces) -- wait for
     all of them (at most `args.timeout` seconds), and return each worker's result for each
     trainer. On a failure or the timeout, stop every worker still running and raise WorkerError
@@ -432,8 +432,8 @@ EPOCH_REPLY = "epoch-seconds"
 
 
 def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None:
-    """For the throughput benchmark (helpers.speed): train the article's CNN with the loop one
-    epoch (training only) each time a line arrives on `requests`, and answer
+    """For the throughput benchmark (helpers.tooling.speed): train the article's CNN with the loop
+    one epoch (training only) each time a line arrives on `requests`, and answer
     ``epoch-seconds S``; stop at end of input. Batches come from a ``tf.data`` pipeline that
     reshuffles every epoch (the same seed on every worker, so they agree on the order)."""
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)

@@ -30,7 +30,7 @@ whatever the callbacks log (e.g. ``learning_rate``).
   regularizer) the match is to ~1e-6, and bit for bit again with
   ``tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})``
   (tests/test_training.py). Both are asserted on CPU with the pinned and with the oldest
-  supported TensorFlow/Keras (helpers.environment); versions in between are not tested.
+  supported TensorFlow/Keras (helpers.tooling.environment); versions in between are not tested.
 - ``METHODS`` names them all for `helpers.cv.cross_validate`, including the ablation's 8
   variants (`ablation_variants`): the article's loop with one fix (``naive+<key>``) and the
   matched loop without one (``matched-<key>``).

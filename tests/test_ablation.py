@@ -220,10 +220,10 @@ def test_committed_answer_quotes_the_committed_fold_files():
     """The README's headline, its ablation block and notebook 02's first paragraph are generated
     from results/ablation; recomputed here straight from the fold CSVs of the folds every variant
     has finished, each added fix's share of the gap must be what they quote."""
-    from helpers import report
+    from helpers.tooling import report
 
     assert report.main(["results/full-scale", "--ablation", "results/ablation", "--check"]) == 0, (
-        "stale: python -m helpers.report results/full-scale --ablation results/ablation")
+        "stale: python -m helpers.tooling.report results/full-scale --ablation results/ablation")
     baseline = pd.read_csv(ROOT / "results/full-scale/table.csv")
     final = baseline[baseline["epoch"] == baseline["epoch"].max()]
     readme = (ROOT / "README.md").read_text()

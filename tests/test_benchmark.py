@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import speed
 from helpers.data import load_mnist
 from helpers.model import create_cnn
+from helpers.tooling import speed
 from helpers.training import train_matched, train_naive
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.notebook_index import install_block
+from helpers.tooling.notebook_index import install_block
 
 pytestmark = pytest.mark.venv
 
@@ -122,7 +122,8 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     # The versions in use are named, with what is exact only on the pins.
     assert f"Using tensorflow {pins['tensorflow']}, keras {pins['keras']}." in output
     # What was missing is now there, within the range.
-    check = run([python, "-c", "import helpers.environment as e; e.check_environment(False)"],
+    check = run([python, "-c",
+                 "import helpers.tooling.environment as e; e.check_environment(False)"],
                 cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "WARNING" not in check.stdout

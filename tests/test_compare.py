@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, report
+from helpers import compare
 from helpers.cv import COLUMNS
+from helpers.tooling import report
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_SCALE = REPO / "results" / "full-scale"
@@ -96,7 +97,7 @@ def test_committed_readme_results_come_from_the_full_scale_table():
     """The README's numbers are regenerated from results/full-scale and must match."""
     assert (FULL_SCALE / "table.csv").is_file(), "results/full-scale/table.csv is missing"
     assert report.main([str(FULL_SCALE), "--check"]) == 0, (
-        "README results block is stale: python -m helpers.report results/full-scale")
+        "README results block is stale: python -m helpers.tooling.report results/full-scale")
     table = pd.read_csv(FULL_SCALE / "table.csv")
     settings = json.loads((FULL_SCALE / "settings.json").read_text())
     assert len(table) == 3 * settings["folds"] * settings["epochs"]

@@ -4,7 +4,7 @@ Every run that needs 2 logical CPU devices or a MultiWorkerMirroredStrategy work
 fresh process (this one has TensorFlow's devices initialized already): `python -m
 helpers.distributed`, with tiny data (a few hundred images, 1-2 epochs) and a timeout on every
 wait. Workers talk over 127.0.0.1 on ports chosen free at run time, inside a private network
-namespace with only a loopback interface (helpers.private_network), which makes TensorFlow's
+namespace with only a loopback interface (helpers.tooling.private_network), which makes TensorFlow's
 0.0.0.0 listeners unreachable from this machine's network (checked below, as root); the launcher
 kills every worker that is still running, and the namespace's holder, when it returns or fails.
 
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import private_network
 from helpers.distributed import (
     WorkerError,
     launch_workers,
@@ -40,7 +39,8 @@ from helpers.distributed import (
     parse_args,
     tf_config,
 )
-from helpers.private_network import LoopbackNetwork, free_ports
+from helpers.tooling import private_network
+from helpers.tooling.private_network import LoopbackNetwork, free_ports
 
 # The distributed loop reproduces Keras 3.15's fit under a strategy and is refused with older
 # Keras (helpers.distributed.STRATEGY_KERAS), so the oldest-versions run deselects this file.
@@ -83,7 +83,8 @@ def processes_mentioning(text: str) -> list[int]:
 
 def left_behind(tmp_path: Path) -> list[int]:
     """Workers of the run writing to `tmp_path`, and namespace holders, still running."""
-    return processes_mentioning(str(tmp_path)) + processes_mentioning("helpers.private_network")
+    return (processes_mentioning(str(tmp_path))
+            + processes_mentioning("helpers.tooling.private_network"))
 
 
 LISTEN = "0A"  # the state column of /proc/net/tcp (include/net/tcp_states.h: TCP_LISTEN = 10)

@@ -353,9 +353,9 @@ def test_sample_and_class_weight_together_are_refused_as_by_fit(data):
 
 
 def test_bf16_benchmark_methods_build_and_train_under_the_policy(data):
-    """helpers.speed's fit_bf16 and matched_bf16: bfloat16 layers, one epoch trained, the global
-    policy float32 again afterwards."""
-    from helpers.speed import make_runner
+    """helpers.tooling.speed's fit_bf16 and matched_bf16: bfloat16 layers, one epoch trained, the
+    global policy float32 again afterwards."""
+    from helpers.tooling.speed import make_runner
 
     for method in ("fit_bf16", "matched_bf16"):
         runner = make_runner(method, *data[0], batch_size=BATCH, seed=0)

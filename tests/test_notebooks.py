@@ -12,7 +12,7 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.notebook_index import REPOSITORY
+from helpers.tooling.notebook_index import REPOSITORY
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
 
@@ -31,7 +31,7 @@ def test_setup_then_parameters_then_validation(path):
     setup = cells[0].source
     assert "import" in setup and "__version__" in setup, "first code cell must be the Setup cell"
     assert f"git+https://github.com/{REPOSITORY}" in setup, (
-        "the Colab install line must point at helpers.notebook_index.REPOSITORY")
+        "the Colab install line must point at helpers.tooling.notebook_index.REPOSITORY")
     tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     parameters = ast.parse(cells[tagged[0]].source)

@@ -1,5 +1,5 @@
-"""helpers.profiling: the trace is read back, every op lands in a category, wall time is split
-exactly, and benchmarks/op_profile.py runs. No timing is asserted."""
+"""helpers.tooling.profiling: the trace is read back, every op lands in a category, wall time is
+split exactly, and benchmarks/op_profile.py runs. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import profiling, speed
 from helpers.data import load_mnist
 from helpers.model import create_cnn
+from helpers.tooling import profiling, speed
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from urllib.parse import unquote
 import nbformat
 import pytest
 
-from helpers import notebook_index
-from helpers.notebook_index import BRANCH, END, REPOSITORY, START
+from helpers.tooling import notebook_index
+from helpers.tooling.notebook_index import BRANCH, END, REPOSITORY, START
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -69,7 +69,8 @@ def test_readme_badges_point_at_existing_notebooks_of_the_configured_repository(
 @pytest.mark.parametrize("path", real_notebooks(), ids=lambda path: path.name)
 def test_notebook_badges_point_at_itself_in_the_configured_repository(path):
     links = badge_links(markdown_of(path))
-    assert links, f"{path.name} has no Colab/Binder badges; run `python -m helpers.notebook_index`"
+    assert links, (f"{path.name} has no Colab/Binder badges; "
+                   "run `python -m helpers.tooling.notebook_index`")
     assert_links_valid(links, str(path.relative_to(ROOT)))
     assert {link[2] for link in links} == {f"notebooks/{path.name}"}, (
         f"{path.name}: its badges should open the notebook itself"
@@ -78,12 +79,12 @@ def test_notebook_badges_point_at_itself_in_the_configured_repository(path):
 
 def test_index_and_badges_are_up_to_date():
     result = subprocess.run(
-        [sys.executable, "-m", "helpers.notebook_index", "--check"],
+        [sys.executable, "-m", "helpers.tooling.notebook_index", "--check"],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, (
         "README.md's notebook index or a notebook's badges are stale; run "
-        f"`python -m helpers.notebook_index`.\n{result.stdout}{result.stderr}"
+        f"`python -m helpers.tooling.notebook_index`.\n{result.stdout}{result.stderr}"
     )
 
 
@@ -142,7 +143,8 @@ def repo(tmp_path: Path) -> Path:
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m helpers.notebook_index --root ROOT ARGS`, run in this process (quicker)."""
+    """`python -m helpers.tooling.notebook_index --root ROOT ARGS`, run in this process
+    (quicker)."""
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         returncode = notebook_index.main(["--root", str(root), *args])

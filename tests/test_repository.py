@@ -1,6 +1,7 @@
-"""`REPOSITORY` in helpers/notebook_index.py is the one place that names the GitHub repository:
-the README's badges, the notebooks' badges and the Setup cells' install lines are generated from
-it, so a fork that changes that line and reruns the generator points everything at itself."""
+"""`REPOSITORY` in helpers/tooling/notebook_index.py is the one place that names the GitHub
+repository: the README's badges, the notebooks' badges and the Setup cells' install lines are
+generated from it, so a fork that changes that line and reruns the generator points everything at
+itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.notebook_index import (
+from helpers.tooling.notebook_index import (
     INSTALL_END,
     INSTALL_START,
     REPOSITORY,
@@ -42,7 +43,7 @@ def tracked_text_files(root: Path) -> dict[str, str]:
 
 
 def test_repository_is_named_only_where_it_is_generated():
-    definition = "helpers/notebook_index.py"
+    definition = "helpers/tooling/notebook_index.py"
     for name, text in tracked_text_files(ROOT).items():
         if REPOSITORY in text:
             assert name == definition or name.startswith(GENERATED + ARCHIVED), (
@@ -57,14 +58,14 @@ def test_one_change_to_repository_updates_readme_badges_and_setup_cells(tmp_path
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copytree(ROOT / "helpers", copy / "helpers",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    module = copy / "helpers" / "notebook_index.py"
+    module = copy / "helpers" / "tooling" / "notebook_index.py"
     line = f'REPOSITORY = "{REPOSITORY}"'
     source = module.read_text(encoding="utf-8")
     assert source.count(line) == 1
     module.write_text(source.replace(line, 'REPOSITORY = "someone/fork"'), encoding="utf-8")
 
     # `python -m` from the copy imports the copy's helpers (the working directory comes first).
-    result = subprocess.run([sys.executable, "-m", "helpers.notebook_index"], cwd=copy,
+    result = subprocess.run([sys.executable, "-m", "helpers.tooling.notebook_index"], cwd=copy,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     for path in [copy / "README.md", *sorted((copy / "notebooks").glob("*.ipynb"))]:
@@ -87,7 +88,7 @@ def test_every_setup_cell_has_the_current_install_block(path):
     setup = setup_cell(nbformat.read(path, as_version=4)).source
     assert setup.count(install_block()) == 1, (
         f"{path.name}: the Setup cell needs the generated install block; add the marker lines "
-        f"{INSTALL_START!r} and {INSTALL_END!r} and run `python -m helpers.notebook_index`")
+        f"{INSTALL_START!r} and {INSTALL_END!r} and run `python -m helpers.tooling.notebook_index`")
 
 
 OLD_SETUP = """import os

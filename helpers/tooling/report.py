@@ -1,7 +1,10 @@
 """The README's results sections and notebook 02's answer, generated from committed results.
 
-    python -m helpers.report results/full-scale --ablation results/ablation          # rewrite
-    python -m helpers.report results/full-scale --ablation results/ablation --check  # stale: 1
+    python -m helpers.tooling.report results/full-scale --ablation results/ablation
+    python -m helpers.tooling.report results/full-scale --ablation results/ablation --check
+
+The first rewrites what is out of date; ``--check`` writes nothing and exits 1 if anything is
+stale.
 
 The full-scale block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; every
 number in it comes from the folder's table.csv (written by notebook 04), through the same summary
@@ -31,7 +34,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
 ANSWER_MARKERS = ("<!-- answer:start -->", "<!-- answer:end -->")
 NOTEBOOK_MARKERS = ("<!-- ablation-answer:start -->", "<!-- ablation-answer:end -->")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 README = ROOT / "README.md"
 NOTEBOOK_02 = ROOT / "notebooks" / "02_naive_tape_loop.ipynb"
 
@@ -164,8 +167,9 @@ def main(argv=None) -> int:
     stale = [path for path, (old, new) in files.items() if old != new]
     if args.check:
         for path in stale:
-            print(f"{path}: generated results are out of date; run python -m helpers.report "
-                  f"{args.results}" + (f" --ablation {args.ablation}" if args.ablation else ""))
+            print(f"{path}: generated results are out of date; run python -m "
+                  f"helpers.tooling.report {args.results}"
+                  + (f" --ablation {args.ablation}" if args.ablation else ""))
         return 1 if stale else 0
     for path in stale:
         path.write_text(files[path][1])

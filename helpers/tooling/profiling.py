@@ -1,9 +1,9 @@
 """Where a training epoch's time goes, op by op, read from TensorFlow's own profiler.
 
-`profile_epoch` runs one epoch of a `helpers.speed` runner under ``tf.profiler.experimental``
-(the trace TensorBoard's profile plugin shows), reads the trace file back with the protobuf
-classes TensorFlow ships (``tensorflow.tsl.profiler.protobuf.xplane_pb2``; no extra package),
-and splits the epoch's wall time into:
+`profile_epoch` runs one epoch of a `helpers.tooling.speed` runner under
+``tf.profiler.experimental`` (the trace TensorBoard's profile plugin shows), reads the trace file
+back with the protobuf classes TensorFlow ships (``tensorflow.tsl.profiler.protobuf.xplane_pb2``; no
+extra package), and splits the epoch's wall time into:
 
 - time during which at least one TensorFlow op kernel runs, attributed to the ops that run --
   when two ops run at once (the executor starts independent ops on its inter-op threads), each
@@ -13,10 +13,10 @@ and splits the epoch's wall time into:
   (the kernels themselves are the same in fit and in a tape loop).
 
 Ops are grouped into categories (`CATEGORIES`); the convolution and dense categories get the
-FLOPs `helpers.speed.layer_flops` counts, so the speed of those kernels *together* can be compared
-with the machine's matmul peak (`utilization_bounds`). Not one by one: a convolution's weight
-gradient and its input gradient run at the same time, each on both cores, and how the cores were
-shared between them is not in the trace, so a single category's GFLOP/s would be a guess. The
+FLOPs `helpers.tooling.speed.layer_flops` counts, so the speed of those kernels *together* can be
+compared with the machine's matmul peak (`utilization_bounds`). Not one by one: a convolution's
+weight gradient and its input gradient run at the same time, each on both cores, and how the cores
+were shared between them is not in the trace, so a single category's GFLOP/s would be a guess. The
 profiler adds some overhead of its own, so the profiled epoch is a bit slower than an unprofiled
 one; shares of wall time are what this is for, not absolute speed.
 """
@@ -36,7 +36,7 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from helpers.speed import layer_flops
+from helpers.tooling.speed import layer_flops
 
 IDLE = "idle (no op running)"
 CATEGORIES = (
@@ -93,7 +93,7 @@ def op_category(name: str, kind: str, optimizer_name: str = "adam") -> str:
 def category_flops(model: keras.Model) -> dict[str, int]:
     """Training FLOPs per sample of the categories that do the model's multiply-adds. The first
     layer gets no input gradient (its input is the data), as in
-    `helpers.speed.training_flops_per_sample`."""
+    `helpers.tooling.speed.training_flops_per_sample`."""
     conv_layers = {layer.name for layer in model.layers
                    if isinstance(layer, keras.layers.Conv2D)}
     flops = dict.fromkeys(("conv forward", "conv weight gradient", "conv input gradient",
@@ -178,9 +178,9 @@ class EpochProfile:
 
 
 def profile_epoch(runner) -> EpochProfile:
-    """Run one epoch of `runner` (from `helpers.speed.make_runner`, warmed up beforehand so that
-    tracing is not in it) under the profiler, and read the trace back (written to a temporary
-    directory, removed afterwards)."""
+    """Run one epoch of `runner` (from `helpers.tooling.speed.make_runner`, warmed up beforehand
+    so that tracing is not in it) under the profiler, and read the trace back (written to a
+    temporary directory, removed afterwards)."""
     workdir = Path(tempfile.mkdtemp(prefix="profile-"))
     try:
         tf.profiler.experimental.start(str(workdir))
@@ -201,9 +201,9 @@ def profile_epoch(runner) -> EpochProfile:
 
 def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
     """Profile `rounds` epochs of every runner (warmed up beforehand), the runners taking turns
-    as in `helpers.speed.measure` (order rotated each round), and keep for each the profile of
-    its median epoch by wall time -- a whole epoch as it ran, not a mix of categories from
-    different epochs. One epoch alone can land on a slow moment of the machine."""
+    as in `helpers.tooling.speed.measure` (order rotated each round), and keep for each the
+    profile of its median epoch by wall time -- a whole epoch as it ran, not a mix of categories
+    from different epochs. One epoch alone can land on a slow moment of the machine."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds}; need at least 1")
     names = list(runners)

@@ -1,7 +1,7 @@
 """Importing this module imports TensorFlow without its C++ start-up log lines.
 
-The notebooks' Setup cells import it first (``import helpers.quiet_tensorflow``, before Keras).
-Importing TensorFlow 2.21 on a machine without a GPU writes, straight to file descriptor 2:
+The notebooks' Setup cells import it first (``import helpers.tooling.quiet_tensorflow``, before
+Keras). Importing TensorFlow 2.21 on a machine without a GPU writes, straight to file descriptor 2:
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:... port.cc:153] oneDNN custom operations are on. ...

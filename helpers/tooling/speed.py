@@ -45,9 +45,9 @@ Methods (`METHODS`):
   ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
   2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
   against one process that uses both cores inside every operation. The workers (127.0.0.1,
-  free ports, in a private loopback-only network where one can be made: helpers.private_network)
-  stay up across epochs and train one epoch of the global batch when asked; batches
-  come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
+  free ports, in a private loopback-only network where one can be made:
+  helpers.tooling.private_network) stay up across epochs and train one epoch of the global batch
+  when asked; batches come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
 
 Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
 epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
@@ -315,17 +315,17 @@ class _PolicyRunner:
 
 class _WorkersRunner:
     """`helpers.distributed`'s loop on `workers` worker processes of a MultiWorkerMirroredStrategy
-    on this machine (127.0.0.1, in a `helpers.private_network.LoopbackNetwork`), each limited to
-    `threads` intra-op threads (0: TensorFlow's default, all cores). The workers stay up across
-    epochs and train one epoch of the global batch `batch_size` each time they are asked
-    (`helpers.distributed.serve_epochs`); an epoch takes as long as the slowest worker reports.
-    They load MNIST themselves, so `x` must be ``load_mnist("train", subset=len(x), seed=seed)``
+    on this machine (127.0.0.1, in a `helpers.tooling.private_network.LoopbackNetwork`), each
+    limited to `threads` intra-op threads (0: TensorFlow's default, all cores). The workers stay up
+    across epochs and train one epoch of the global batch `batch_size` each time they are asked
+    (`helpers.distributed.serve_epochs`); an epoch takes as long as the slowest worker reports. They
+    load MNIST themselves, so `x` must be ``load_mnist("train", subset=len(x), seed=seed)``
     (checked). Call `close` to stop them."""
 
     def __init__(self, x, y, batch_size, seed, workers, threads):
         from helpers.data import load_mnist
         from helpers.distributed import tf_config
-        from helpers.private_network import LoopbackNetwork
+        from helpers.tooling.private_network import LoopbackNetwork
 
         if not np.array_equal(load_mnist("train", subset=len(x), seed=seed)[0], x):
             raise ValueError("the worker methods need x = load_mnist('train', subset=len(x), "

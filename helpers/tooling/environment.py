@@ -1,8 +1,8 @@
 """Check the packages a notebook needs before it imports them, without replacing any.
 
 Every notebook's Setup cell calls `check_environment` in its generated install block (see
-`helpers.notebook_index.install_block`). On a hosted notebook (Colab, Kaggle) the block first
-installs this package with ``--no-deps``; `check_environment` then pip-installs only the
+`helpers.tooling.notebook_index.install_block`). On a hosted notebook (Colab, Kaggle) the block
+first installs this package with ``--no-deps``; `check_environment` then pip-installs only the
 requirements that are *missing*. A TensorFlow or Keras that is already
 there is kept even when it lies outside the tested range (replacing Colab's TensorFlow pulls
 hundreds of MB and breaks Colab's other packages); a clear message says so instead.

@@ -9,12 +9,12 @@ is loopback only, and nothing outside the namespace -- no other machine, and no 
 one -- can reach the port.
 
 `LoopbackNetwork(count)` makes such a namespace where it can (Linux, as root): it starts one small
-holder process, ``unshare --net -- python -m helpers.private_network --hold COUNT`` (unshare is
-util-linux's), which brings the namespace's ``lo`` up itself (the SIOCSIFFLAGS ioctl, so iproute2's
-``ip`` is not needed), picks `count` free ports there and waits. Each worker is then started with
-``nsenter --net=/proc/HOLDER/ns/net --`` in front of its command (`prefix`): nsenter joins the
-namespace and execs the worker, so the worker keeps its process id and is waited for and killed
-as before. The workers reach each other at ``127.0.0.1:PORT``, the namespace's own loopback.
+holder process, ``unshare --net -- python -m helpers.tooling.private_network --hold COUNT`` (unshare
+is util-linux's), which brings the namespace's ``lo`` up itself (the SIOCSIFFLAGS ioctl, so
+iproute2's ``ip`` is not needed), picks `count` free ports there and waits. Each worker is then
+started with ``nsenter --net=/proc/HOLDER/ns/net --`` in front of its command (`prefix`): nsenter
+joins the namespace and execs the worker, so the worker keeps its process id and is waited for and
+killed as before. The workers reach each other at ``127.0.0.1:PORT``, the namespace's own loopback.
 Closing the network ends the holder; the namespace disappears with its last process.
 
 Where no namespace can be made (not root, no unshare or nsenter, a container that forbids
@@ -91,8 +91,8 @@ class LoopbackNetwork:
             if shutil.which(tool) is None:
                 raise RuntimeError(f"no {tool} command (util-linux)")
         self.holder = subprocess.Popen(
-            ["unshare", "--net", "--", sys.executable, "-m", "helpers.private_network", "--hold",
-             str(count)],
+            ["unshare", "--net", "--", sys.executable, "-m", "helpers.tooling.private_network",
+             "--hold", str(count)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = _read_line(self.holder, HOLDER_START_TIMEOUT)
         if not line.startswith("ports "):
@@ -143,6 +143,6 @@ def _hold(count: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--hold":
-        sys.exit("usage: python -m helpers.private_network --hold COUNT (started by "
+        sys.exit("usage: python -m helpers.tooling.private_network --hold COUNT (started by "
                  "LoopbackNetwork inside `unshare --net`)")
     _hold(int(sys.argv[2]))
