@@ -98,6 +98,10 @@ def ablation_answer(ablation_path: Path, baseline_path: Path) -> str:
     return ablation.answer_sentence(ablation.effects(table), folds)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Path) -> str:
     """Markdown for the one-fix-at-a-time results: progress, figure, and every variant's
     numbers for the final val loss and the val loss rise after the best epoch."""
@@ -111,7 +115,8 @@ def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Pat
         f"![Share of the gap each fix closes]({folder}/gap_closed.png)",
         "",
         f"{info['finished_runs']} of {runs} (variant, fold) runs finished, on the same folds and "
-        f"initial weights as the table above; training time so far "
+        f"initial weights as the table above; the numbers below use the "
+        f"{_count(info['complete_folds'], 'fold')} every variant has finished. Training time so far "
         f"{info['training_seconds_all_folds'] / 3600:.1f} h "
         f"(TensorFlow {info['tensorflow']}, {info['intra_op_threads']} intra-op thread(s), "
         f"steps_per_execution {info['steps_per_execution']}, results bit-identical to 1). "
