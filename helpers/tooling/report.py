@@ -116,7 +116,8 @@ def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Pat
         "",
         f"{info['finished_runs']} of {runs} (variant, fold) runs finished, on the same folds and "
         f"initial weights as the table above; the numbers below use the "
-        f"{_count(info['complete_folds'], 'fold')} every variant has finished. Training time so far "
+        f"{_count(info['complete_folds'], 'fold')} every variant has finished. "
+        "Training time so far "
         f"{info['training_seconds_all_folds'] / 3600:.1f} h "
         f"(TensorFlow {info['tensorflow']}, {info['intra_op_threads']} intra-op thread(s), "
         f"steps_per_execution {info['steps_per_execution']}, results bit-identical to 1). "
