@@ -285,11 +285,18 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def percent(share: float) -> str:
+    """A share as a whole percentage; a share that rounds to zero is "0%", never "-0%"."""
+    text = f"{share:.0%}"
+    return "0%" if text == "-0%" else text
+
+
 def _share(row, prefix="gap_closed") -> str:
     mean = row[f"{prefix}_mean"]
     if row["folds"] < 2:
-        return f"{mean:.0%}"
-    return f"{mean:.0%} (95% CI {row[f'{prefix}_ci_low']:.0%} to {row[f'{prefix}_ci_high']:.0%})"
+        return percent(mean)
+    return (f"{percent(mean)} (95% CI {percent(row[f'{prefix}_ci_low'])} to "
+            f"{percent(row[f'{prefix}_ci_high'])})")
 
 
 def answer_sentence(effect_table: pd.DataFrame, total_folds: int,
@@ -331,9 +338,9 @@ def answer_sentence(effect_table: pd.DataFrame, total_folds: int,
     if removed in rows.index:
         reopened = rows.loc[removed]
         sentence += (f"; removing it from the matched loop reopens "
-                     f"{1 - reopened['gap_closed_mean']:.0%} of it "
+                     f"{percent(1 - reopened['gap_closed_mean'])} of it "
                      f"({reopened['variant_mean']:.4f})")
-    others = [f"{DIFFERENCE_NAMES[v[len('naive+'):]]} {rows.loc[v, 'gap_closed_mean']:.0%}"
+    others = [f"{DIFFERENCE_NAMES[v[len('naive+'):]]} {percent(rows.loc[v, 'gap_closed_mean'])}"
               for v in added if v != best]
     if others:
         sentence += f". Each other fix alone closes: {', '.join(others)}"
@@ -344,9 +351,9 @@ def effects_overview(effect_table: pd.DataFrame, measure: str = "final_val_loss"
     """One readable row per variant for `measure`: its mean ± std, the gap closed with its CI,
     and the paired differences to the article's loop and to fit with their p-values."""
 
-    def interval(row, prefix, percent=False):
-        if percent:
-            mean, low, high = (f"{row[f'{prefix}_{k}']:.0%}" for k in ("mean", "ci_low", "ci_high"))
+    def interval(row, prefix, as_percent=False):
+        if as_percent:
+            mean, low, high = (percent(row[f"{prefix}_{k}"]) for k in ("mean", "ci_low", "ci_high"))
         else:
             mean, low, high = (f"{row[f'{prefix}_{k}']:+.4f}"
                                for k in ("mean", "ci_low", "ci_high"))

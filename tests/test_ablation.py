@@ -250,3 +250,7 @@ def test_committed_answer_quotes_the_committed_fold_files():
         quoted += 1
     assert quoted >= 1
     assert answer.strip().split(" See [")[0] in notebook.cells[0].source
+
+
+def test_a_share_that_rounds_to_zero_is_written_0_percent():
+    assert [ablation.percent(s) for s in (-0.004, 0.0, 0.834, -0.54)] == ["0%", "0%", "83%", "-54%"]
