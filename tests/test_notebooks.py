@@ -55,3 +55,40 @@ def test_no_absolute_paths_and_no_stored_errors(path):
         if cell.cell_type == "code":
             assert not re.search(r"[\"'](/[\w.-]+){2,}", cell.source), cell.source
             assert all(out.get("output_type") != "error" for out in cell.get("outputs", []))
+
+
+def _printed_parameters(cell) -> dict | None:
+    """The validated parameters the cell printed as a dict on its first line, if it did."""
+    text = "".join(out.get("text", "") for out in cell.get("outputs", [])
+                   if out.get("output_type") == "stream")
+    first = text.split("\n", 1)[0]
+    if not first.startswith("{"):
+        return None
+    return ast.literal_eval(re.sub(r"PosixPath\(('[^']*')\)", r"\1", first))
+
+
+def _parameters_and_validation(path):
+    cells = code_cells(path)
+    index = next(i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", []))
+    return cells[index], cells[index + 1]
+
+
+PRINTING_PARAMETERS = [path for path in NOTEBOOKS
+                       if _printed_parameters(_parameters_and_validation(path)[1])]
+
+
+def test_most_notebooks_print_their_parameters():
+    assert len(PRINTING_PARAMETERS) >= 6, [path.name for path in PRINTING_PARAMETERS]
+
+
+@pytest.mark.parametrize("path", PRINTING_PARAMETERS, ids=lambda p: p.name)
+def test_stored_outputs_come_from_the_default_parameters(path):
+    """The committed outputs are a run at the parameters cell's defaults: the validation cell's
+    printed parameters equal them (run scripts/run_notebooks.sh, then scripts/store_outputs.py)."""
+    parameters, validation = _parameters_and_validation(path)
+    defaults = {statement.target.id: ast.literal_eval(statement.value)
+                for statement in ast.parse(parameters.source).body}
+    printed = _printed_parameters(validation)
+    stale = {name: (printed[name], value) for name, value in defaults.items()
+             if name in printed and printed[name] != value}
+    assert not stale, f"stored outputs ran with other parameters (printed, default): {stale}"
