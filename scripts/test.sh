@@ -39,8 +39,9 @@ fi
 
 echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
 pytest_status=0
-TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env "${test_paths[@]}" \
-    "${browser_args[@]}" "$@" || pytest_status=$?
+# --durations: the slowest tests in the log, to keep CI within its time budget
+TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
+    "${test_paths[@]}" "${browser_args[@]}" "$@" || pytest_status=$?
 
 if (( pytest_status == 5 )); then
     echo "test: pytest collected no tests; that counts as a failure." >&2

@@ -12,7 +12,7 @@ echo "==> pytest tests with $(.venv-oldest/bin/python -c 'import importlib.metad
 print(", ".join(f"{n} {m.version(n)}" for n in ("tensorflow", "keras", "numpy", "pandas")))')"
 status=0
 TF_CPP_MIN_LOG_LEVEL=2 .venv-oldest/bin/python -m pytest tests -m "not browser and not venv and not pinned" \
-    --ignore=tests/test_papermill.py "$@" || status=$?
+    --ignore=tests/test_papermill.py --durations=15 "$@" || status=$?
 if (( status == 5 )); then
     echo "test_oldest: pytest collected no tests; that counts as a failure." >&2
     exit 1
