@@ -238,3 +238,17 @@ def test_no_notebooks_gives_a_placeholder(tmp_path):
     (tmp_path / "README.md").write_text(f"{START}\n{END}\n", encoding="utf-8")
     assert run_cli(tmp_path).returncode == 0
     assert "No notebooks" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_quotes_the_recorded_quick_run():
+    """The README's quick-run time is results/quick-run's (scripts/record_quick_run.py), with its
+    date and conditions, and it is within the 5 minutes the quick preset is held to."""
+    import json
+
+    info = json.loads((ROOT / "results/quick-run/run_info.json").read_text())
+    readme = " ".join(README.read_text().split())  # wrapped lines joined
+    minutes = info["wall_seconds"] / 60
+    assert f"all {info['notebooks']} notebooks in {minutes:.1f} minutes" in readme
+    assert f"on {info['date']}, {info['conditions']}" in readme
+    assert info["notebooks"] == len(real_notebooks())
+    assert minutes <= 5, "the quick preset must run in 5 minutes or less"
