@@ -8,9 +8,11 @@ process. Two figures per notebook:
 - kernel peak: the largest resident set any single process reached (the kernel, in practice),
   from the kernel's own accounting (`ru_maxrss` of the papermill process and the children it
   waited for, via os.wait4), so no short peak is missed;
-- total peak: the sum of the resident sets of papermill and the kernel, sampled every 0.2 s from
-  /proc (a short peak between samples can be missed). Binder limits the whole pod, which also
-  holds the Jupyter server (about 0.1 GB), to 2 GB.
+- total peak: the memory of papermill, the kernel and every process they start (notebook 08's
+  workers): their private memory plus TensorFlow's shared library pages counted once
+  (`tree_memory_kb`), sampled every 0.2 s from /proc (a short peak between samples can be
+  missed). Binder limits the whole pod, which also holds the Jupyter server (about 0.1 GB), to
+  2 GB.
 Writes results/memory/notebook_memory.csv and prints a table (also saved as .log). Linux only.
 """
 
@@ -32,23 +34,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BINDER_LIMIT_MB = 2048
 SAMPLE_S = 0.2
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def tree_rss_kb(pid: int) -> int:
-    """Resident set (kB) of `pid` and all its descendants, from /proc."""
-    total, stack = 0, [pid]
+def tree_memory_kb(pid: int) -> int:
+    """Memory (kB) of `pid` and all its descendants, from /proc/<pid>/status: every process's
+    private memory (RssAnon, RssShmem) plus the largest file-backed resident set (RssFile) of
+    any one of them. The processes are all Python with TensorFlow, mapping the same libraries,
+    so those pages are counted once, as a pod's memory limit counts them; summing resident sets
+    would count them once per process (about 0.6 GB each), and proportional set sizes would
+    split them with any other TensorFlow process on the machine."""
+    private, largest_file, stack = 0, 0, [pid]
     while stack:
         current = stack.pop()
         try:
-            with open(f"/proc/{current}/statm") as statm:
-                total += int(statm.read().split()[1]) * PAGE_KB
+            with open(f"/proc/{current}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if line.startswith("Rss"))
+            kb = {key: int(value.split()[0]) for key, value in fields.items()}
+            private += kb.get("RssAnon", 0) + kb.get("RssShmem", 0)
+            largest_file = max(largest_file, kb.get("RssFile", 0))
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as children:
                     stack.extend(int(child) for child in children.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return private + largest_file
 
 
 def measure(notebook: Path, executed: Path) -> dict:
@@ -62,7 +71,7 @@ def measure(notebook: Path, executed: Path) -> dict:
     reader = threading.Thread(target=lambda: stderr_text.append(process.stderr.read()))
     reader.start()
     while True:
-        peak_total = max(peak_total, tree_rss_kb(process.pid))
+        peak_total = max(peak_total, tree_memory_kb(process.pid))
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break

@@ -252,3 +252,21 @@ def test_readme_quotes_the_recorded_quick_run():
     assert f"on {info['date']}, {info['conditions']}" in readme
     assert info["notebooks"] == len(real_notebooks())
     assert minutes <= 5, "the quick preset must run in 5 minutes or less"
+
+
+def test_readme_quotes_the_recorded_peak_memory():
+    """The README's memory sentence is results/memory's (benchmarks/notebook_memory.py), over
+    every notebook, each within Binder's 2 GB."""
+    import csv
+
+    with open(ROOT / "results/memory/notebook_memory.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["notebook"] for row in rows) == [p.name for p in real_notebooks()]
+    assert all(row["within_binder_2gb"] == "True" for row in rows)
+    date = (ROOT / "results/memory/notebook_memory.log").read_text()[:10]
+    kernel, total = ([int(row[key]) / 1024 for row in rows]
+                     for key in ("kernel_peak_mb", "total_peak_mb"))
+    readme = " ".join(README.read_text().split())
+    assert (f"kernel peaks at {min(kernel):.1f}–{max(kernel):.1f} GB of memory, "
+            f"{min(total):.1f}–{max(total):.1f} GB with papermill") in readme
+    assert f"all {len(rows)} notebooks, run on {date}" in readme
