@@ -173,10 +173,13 @@ def combined_table(results_dir: Path, baseline_dir: Path | None,
     if not tables:
         raise FileNotFoundError(f"no finished folds in {results_dir}")
     table = pd.concat(tables, ignore_index=True)
-    if complete_folds_only:
-        table = table[~table["method"].isin(ABLATION_METHODS)
-                      | table["fold"].isin(complete_folds(table))].reset_index(drop=True)
-    return table
+    return only_complete_folds(table) if complete_folds_only else table
+
+
+def only_complete_folds(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with the variants' runs limited to the folds every variant has finished."""
+    keep = ~table["method"].isin(ABLATION_METHODS) | table["fold"].isin(complete_folds(table))
+    return table[keep].reset_index(drop=True)
 
 
 def complete_folds(table: pd.DataFrame) -> list[int]:
@@ -218,7 +221,7 @@ def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
     variants = variants.sort_values(
         ["method", "fold", "epoch"], key=lambda c: c.map(order) if c.name == "method" else c)
     variants.to_csv(results_dir / "table.csv", index=False)
-    combined = combined_table(results_dir, baseline_dir)  # the folds every variant finished
+    combined = only_complete_folds(finished)
     summarize(combined).to_csv(results_dir / "summary.csv")
     effect_table = effects(combined)
     effect_table.to_csv(results_dir / "effects.csv", index=False)
