@@ -208,6 +208,37 @@ def test_summary_files_from_finished_folds(tmp_path):
     assert (variants / "gap_closed.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("finished_folds, progress", [
+    (1, "8 of 16 (variant, fold) runs finished"),
+    (2, "All 16 (variant, fold) runs"),
+])
+def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progress):
+    """While folds are missing the README block says how far the run is; once every run has
+    finished it says so, without "so far"."""
+    import json
+
+    from helpers.cv import history_table
+    from helpers.tooling import report
+
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    _synthetic_table({"naive": [0.08, 0.07], "fit": [0.03, 0.03]}).to_csv(
+        baseline / "table.csv", index=False)
+    variants = tmp_path / "variants"
+    history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
+    for method in ABLATION_METHODS:
+        (variants / method).mkdir(parents=True)
+        for fold in range(finished_folds):
+            history_table(history, method, fold).to_csv(
+                variants / method / f"fold_{fold:02d}.csv", index=False)
+    (variants / "settings.json").write_text(json.dumps({"folds": 2}))
+    ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
+    ablation.write_summary(variants, baseline)
+    text = report.ablation_markdown(variants, baseline, tmp_path)
+    assert progress in text
+    assert ("so far" in text) == (finished_folds < 2)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -111,14 +111,18 @@ def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Pat
     settings = json.loads((ablation_path / "settings.json").read_text())
     folder = ablation_path.resolve().relative_to(relative_to.resolve()).as_posix()
     runs = len(ABLATION_METHODS) * settings["folds"]
+    if info["finished_runs"] == runs:
+        progress = (f"All {runs} (variant, fold) runs, on the same folds and initial weights as "
+                    "the table above. Training time ")
+    else:
+        progress = (f"{info['finished_runs']} of {runs} (variant, fold) runs finished, on the same "
+                    "folds and initial weights as the table above; the numbers below use the "
+                    f"{_count(info['complete_folds'], 'fold')} every variant has finished. "
+                    "Training time so far ")
     lines = [
         f"![Share of the gap each fix closes]({folder}/gap_closed.png)",
         "",
-        f"{info['finished_runs']} of {runs} (variant, fold) runs finished, on the same folds and "
-        f"initial weights as the table above; the numbers below use the "
-        f"{_count(info['complete_folds'], 'fold')} every variant has finished. "
-        "Training time so far "
-        f"{info['training_seconds_all_folds'] / 3600:.1f} h "
+        f"{progress}{info['training_seconds_all_folds'] / 3600:.1f} h "
         f"(TensorFlow {info['tensorflow']}, {info['intra_op_threads']} intra-op thread(s), "
         f"steps_per_execution {info['steps_per_execution']}, results bit-identical to 1). "
         "Gap closed = (article's loop − variant) / (article's loop − fit()) per fold; "
