@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import helpers.tooling.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.training import ABLATION_METHODS, DIFFERENCES, ablation_variants
 
 BASELINES = ("naive", "fit", "matched")

@@ -25,6 +25,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
+import helpers.tooling.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers import ablation
 from helpers.compare import paired_comparison, summarize, verdict
 from helpers.plots import METHOD_LABELS
