@@ -131,8 +131,8 @@ def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss",
     figure, ax = plt.subplots(figsize=(8, 3.6))
     for i, difference in enumerate(DIFFERENCES):
         for variant, offset, color, marker, label in (
-            (f"naive+{difference.key}", -0.12, "tab:red", "o", "article's loop + this fix"),
-            (f"matched-{difference.key}", 0.12, "tab:green", "s", "matched loop − this fix"),
+            (f"naive+{difference.key}", -0.12, "tab:red", "o", "article's loop\n+ this fix"),
+            (f"matched-{difference.key}", 0.12, "tab:green", "s", "matched loop\n− this fix"),
         ):
             if variant not in rows.index:
                 continue
@@ -149,7 +149,8 @@ def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss",
                   "0 = as the article's loop, 1 = as fit()  (mean and 95% CI over folds)")
     folds = int(rows["folds"].max()) if len(rows) else 0
     ax.set_title(title or f"Which fix cures the overfitting? ({folds} folds)")
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    # beside the axes: inside, it would cover a dot wherever the results put one
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     if path is not None:
