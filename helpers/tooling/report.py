@@ -123,7 +123,7 @@ def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Pat
     lines = [
         f"![Share of the gap each fix closes]({folder}/gap_closed.png)",
         "",
-        f"{progress}{info['training_seconds_all_folds'] / 3600:.1f} h "
+        f"{progress}{info['training_seconds_all_folds'] / 3600:.1f} h summed over runs "
         f"(TensorFlow {info['tensorflow']}, {info['intra_op_threads']} intra-op thread(s), "
         f"steps_per_execution {info['steps_per_execution']}, results bit-identical to 1). "
         "Gap closed = (article's loop − variant) / (article's loop − fit()) per fold; "
