@@ -352,16 +352,23 @@ def answer_sentence(effect_table: pd.DataFrame, total_folds: int,
     return sentence + scope
 
 
+def share_interval(row: pd.Series, reopened: bool = False) -> str:
+    """An `effects` row's gap closed as "97% [80%, 114%]" (95% CI); with `reopened`, the share
+    that removing the fix reopens, 1 - gap closed, whose interval ends swap."""
+    mean, low, high = (row[f"gap_closed_{k}"] for k in ("mean", "ci_low", "ci_high"))
+    if reopened:
+        mean, low, high = 1 - mean, 1 - high, 1 - low
+    if row["folds"] < 2:
+        return percent(mean)
+    return f"{percent(mean)} [{percent(low)}, {percent(high)}]"
+
+
 def effects_overview(effect_table: pd.DataFrame, measure: str = "final_val_loss") -> pd.DataFrame:
     """One readable row per variant for `measure`: its mean ± std, the gap closed with its CI,
     and the paired differences to the article's loop and to fit with their p-values."""
 
-    def interval(row, prefix, as_percent=False):
-        if as_percent:
-            mean, low, high = (percent(row[f"{prefix}_{k}"]) for k in ("mean", "ci_low", "ci_high"))
-        else:
-            mean, low, high = (f"{row[f'{prefix}_{k}']:+.4f}"
-                               for k in ("mean", "ci_low", "ci_high"))
+    def interval(row, prefix):
+        mean, low, high = (f"{row[f'{prefix}_{k}']:+.4f}" for k in ("mean", "ci_low", "ci_high"))
         return f"{mean} [{low}, {high}]" if row["folds"] > 1 else mean
 
     rows = effect_table[effect_table["measure"] == measure]
@@ -370,7 +377,7 @@ def effects_overview(effect_table: pd.DataFrame, measure: str = "final_val_loss"
         MEASURES[measure]: [f"{m:.4f} ± {s:.4f}" if folds > 1 else f"{m:.4f}"
                             for m, s, folds in zip(rows["variant_mean"], rows["variant_std"],
                                                    rows["folds"])],
-        "gap closed [95% CI]": [interval(row, "gap_closed", True) for _, row in rows.iterrows()],
+        "gap closed [95% CI]": [share_interval(row) for _, row in rows.iterrows()],
         "− article's loop [95% CI]": [interval(row, "vs_naive") for _, row in rows.iterrows()],
         "p, vs article's loop": [f"{p:.3f}" for p in rows["vs_naive_p_value"]],
         "− fit() [95% CI]": [interval(row, "vs_fit") for _, row in rows.iterrows()],

@@ -158,18 +158,23 @@ def test_effects_use_only_folds_every_method_finished():
     assert row["folds"] == 2
 
 
-def test_variants_are_compared_on_the_folds_all_of_them_finished(tmp_path):
-    """Two processes share the variants; while one is a fold ahead, that fold is left out of the
-    comparison (and kept in table.csv)."""
+def _write_folds(folder: Path, folds_per_method: dict[str, int]) -> None:
+    """Fold CSVs as `python -m helpers.ablation` writes them: 2 epochs each, 3 s per fold."""
     from helpers.cv import history_table
 
     history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
-    ahead, behind = ABLATION_METHODS[:2]
-    for method, folds in ((ahead, 3), (behind, 2)):
-        (tmp_path / method).mkdir()
+    for method, folds in folds_per_method.items():
+        (folder / method).mkdir(parents=True, exist_ok=True)
         for fold in range(folds):
             history_table(history, method, fold).to_csv(
-                tmp_path / method / f"fold_{fold:02d}.csv", index=False)
+                folder / method / f"fold_{fold:02d}.csv", index=False)
+
+
+def test_variants_are_compared_on_the_folds_all_of_them_finished(tmp_path):
+    """Two processes share the variants; while one is a fold ahead, that fold is left out of the
+    comparison (and kept in table.csv)."""
+    ahead, behind = ABLATION_METHODS[:2]
+    _write_folds(tmp_path, {ahead: 3, behind: 2})
     assert ablation.complete_folds(ablation.combined_table(tmp_path, None, False)) == [0, 1]
     compared = ablation.combined_table(tmp_path, None)
     assert sorted(compared.groupby("method")["fold"].nunique()) == [2, 2]
@@ -183,19 +188,12 @@ def test_rise_after_best_epoch():
 
 
 def test_summary_files_from_finished_folds(tmp_path):
-    from helpers.cv import history_table
-
     baseline = tmp_path / "baseline"
     baseline.mkdir()
     values = {"naive": [0.08, 0.07], "fit": [0.03, 0.03], "matched": [0.03, 0.031]}
     _synthetic_table(values).to_csv(baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
-    for method in ABLATION_METHODS[:2]:
-        for fold in range(2):
-            history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
-            (variants / method).mkdir(parents=True, exist_ok=True)
-            history_table(history, method, fold).to_csv(
-                variants / method / f"fold_{fold:02d}.csv", index=False)
+    _write_folds(variants, dict.fromkeys(ABLATION_METHODS[:2], 2))
     with pytest.raises(FileNotFoundError, match="run_info.json is missing"):
         ablation.write_summary(variants, baseline)
     ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
@@ -217,7 +215,6 @@ def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progr
     finished it says so, without "so far"."""
     import json
 
-    from helpers.cv import history_table
     from helpers.tooling import report
 
     baseline = tmp_path / "baseline"
@@ -225,16 +222,12 @@ def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progr
     _synthetic_table({"naive": [0.08, 0.07], "fit": [0.03, 0.03]}).to_csv(
         baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
-    history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
-    for method in ABLATION_METHODS:
-        (variants / method).mkdir(parents=True)
-        for fold in range(finished_folds):
-            history_table(history, method, fold).to_csv(
-                variants / method / f"fold_{fold:02d}.csv", index=False)
+    _write_folds(variants, dict.fromkeys(ABLATION_METHODS, finished_folds))
     (variants / "settings.json").write_text(json.dumps({"folds": 2}))
     ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
     ablation.write_summary(variants, baseline)
-    text = report.ablation_markdown(variants, baseline, tmp_path)
+    text = report.ablation_markdown(report.ablation_effects(variants, baseline), variants,
+                                    tmp_path)
     assert progress in text
     assert ("so far" in text) == (finished_folds < 2)
 

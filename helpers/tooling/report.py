@@ -92,22 +92,25 @@ def replace_block(text: str, block: str, markers: tuple[str, str] = (START, END)
     return f"{head}{start}\n{block}\n{end}{tail}"
 
 
-def ablation_answer(ablation_path: Path, baseline_path: Path) -> str:
+def ablation_effects(ablation_path: Path, baseline_path: Path) -> pd.DataFrame:
+    """`helpers.ablation.effects` of the committed variants and baselines."""
+    return ablation.effects(ablation.combined_table(ablation_path, baseline_path))
+
+
+def ablation_answer(effect_table: pd.DataFrame, baseline_path: Path) -> str:
     """The answer sentence (`helpers.ablation.answer_sentence`) from the committed results."""
-    table = ablation.combined_table(ablation_path, baseline_path)
     folds = json.loads((baseline_path / "settings.json").read_text())["folds"]
-    return ablation.answer_sentence(ablation.effects(table), folds)
+    return ablation.answer_sentence(effect_table, folds)
 
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def ablation_markdown(ablation_path: Path, baseline_path: Path, relative_to: Path) -> str:
-    """Markdown for the one-fix-at-a-time results: progress, figure, and every variant's
-    numbers for the final val loss and the val loss rise after the best epoch."""
-    table = ablation.combined_table(ablation_path, baseline_path)
-    effect_table = ablation.effects(table)
+def ablation_markdown(effect_table: pd.DataFrame, ablation_path: Path, relative_to: Path) -> str:
+    """Markdown for the one-fix-at-a-time results (`effect_table` from `ablation_effects`):
+    progress, figure, and every variant's numbers for the final val loss and the val loss rise
+    after the best epoch."""
     info = json.loads((ablation_path / "run_info.json").read_text())
     settings = json.loads((ablation_path / "settings.json").read_text())
     folder = ablation_path.resolve().relative_to(relative_to.resolve()).as_posix()
@@ -162,8 +165,9 @@ def main(argv=None) -> int:
     updated = replace_block(current, results_markdown(args.results, args.readme.parent))
     files = {args.readme: (current, updated)}
     if args.ablation is not None:
-        answer = ablation_answer(args.ablation, args.results)
-        updated = replace_block(updated, ablation_markdown(args.ablation, args.results,
+        effect_table = ablation_effects(args.ablation, args.results)
+        answer = ablation_answer(effect_table, args.results)
+        updated = replace_block(updated, ablation_markdown(effect_table, args.ablation,
                                                            args.readme.parent), ABLATION_MARKERS)
         figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
                                  args.readme.parent.resolve())
