@@ -62,8 +62,8 @@ def main(argv=None):
     import pandas as pd
     import tensorflow as tf
 
-    from helpers.compare import final_epoch, paired_comparison
     from helpers.data import load_mnist
+    from helpers.experiments.compare import final_epoch, paired_comparison
     from helpers.tooling.speed import policy_cross_validation
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)

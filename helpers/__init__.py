@@ -1,5 +1,10 @@
-"""Reusable code for the notebooks: data, the article's CNN, training loops, cross-validation,
-parameter checks and plots. The tooling (generated README parts, the installed-version check,
-benchmarks) is in the subpackage `helpers.tooling`."""
+"""The code the notebooks import, in layers that only import downwards:
+
+- the teaching core: `data`, `model`, `differences`, `compat`, `training` (fit, the tape loops,
+  custom steps, checkpoints, tf.distribute) and `experiments` (cross-validation, the held-out
+  test, the ablation, the statistics, figures and parameter checks);
+- `notebook`: what a Setup cell needs (the installed-version check, a quiet TensorFlow import);
+- `tooling`: generated README parts and notebook index, benchmarks, worker launchers.
+"""
 
 __version__ = "0.1.0"

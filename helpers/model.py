@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import keras
 
+ARTICLE_DROPOUT = 0.5  # the article's Dropout rate
 
-def create_cnn(seed: int = 0, compile: bool = True) -> keras.Model:
+
+def create_cnn(seed: int = 0, compile: bool = True, *, dropout: float = ARTICLE_DROPOUT,
+               l2: float = 0.0) -> keras.Model:
     """Input(28, 28, 1) -> Conv2D(32, 3, relu) -> MaxPool -> Conv2D(64, 3, relu) -> MaxPool
-    -> Flatten -> Dropout(0.5) -> Dense(10, softmax).
+    -> Flatten -> Dropout(`dropout`) -> Dense(10, softmax); with `l2` > 0 every kernel gets an
+    L2 penalty of that factor (so that ``model.losses`` is not empty).
 
     `keras.utils.set_random_seed(seed)` comes first, so the same seed gives the same initial
     weights *and* the same dropout seed state (a SeedGenerator variable that is in
@@ -15,16 +19,17 @@ def create_cnn(seed: int = 0, compile: bool = True) -> keras.Model:
     globally, as Keras recommends for reproducible runs.
     """
     keras.utils.set_random_seed(seed)
+    penalty = {"kernel_regularizer": keras.regularizers.L2(l2)} if l2 else {}
     model = keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1)),
-            keras.layers.Conv2D(32, kernel_size=3, activation="relu"),
+            keras.layers.Conv2D(32, kernel_size=3, activation="relu", **penalty),
             keras.layers.MaxPooling2D(pool_size=2),
-            keras.layers.Conv2D(64, kernel_size=3, activation="relu"),
+            keras.layers.Conv2D(64, kernel_size=3, activation="relu", **penalty),
             keras.layers.MaxPooling2D(pool_size=2),
             keras.layers.Flatten(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(10, activation="softmax"),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(10, activation="softmax", **penalty),
         ],
         name="article_cnn",
     )

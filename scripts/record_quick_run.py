@@ -21,10 +21,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-import helpers.tooling.quiet_tensorflow  # noqa: F401 (before TensorFlow: no start-up log lines)
+import helpers.notebook.quiet_tensorflow  # noqa: F401 (before TensorFlow: no start-up log lines)
 
 # isort: split
-from helpers.cv import run_info
+from helpers.experiments.cv import run_info
 
 
 def durations(executed_dir: Path) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 #
 # Usage: bash scripts/test.sh [extra pytest arguments]
 # TAPE_VS_FIT_SMOKE=1 shrinks folds, epochs and data so that each notebook runs in seconds
-# (see helpers/params.py). pytest finding no tests (exit code 5) counts as a failure.
+# (see helpers/experiments/params.py). pytest finding no tests (exit code 5) counts as a failure.
 # Includes tests/test_browser.py (JupyterLab in headless chromium) and tests/test_colab_setup.py
 # (a fresh venv); `-m "not browser and not venv"` deselects them.
 set -euo pipefail

@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helpers.checkpoints import train_resumable  # noqa: E402
 from helpers.data import load_mnist  # noqa: E402
 from helpers.model import create_cnn  # noqa: E402
 from helpers.training import train_matched  # noqa: E402
+from helpers.training.checkpoints import train_resumable  # noqa: E402
 
 EPOCHS = 4
 BATCH_SIZE = 32

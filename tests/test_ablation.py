@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ablation
+from helpers.experiments import ablation
 from helpers.model import create_cnn
 from helpers.training import (
     ABLATION_METHODS,
@@ -159,8 +159,9 @@ def test_effects_use_only_folds_every_method_finished():
 
 
 def _write_folds(folder: Path, folds_per_method: dict[str, int]) -> None:
-    """Fold CSVs as `python -m helpers.ablation` writes them: 2 epochs each, 3 s per fold."""
-    from helpers.cv import history_table
+    """Fold CSVs as `python -m helpers.experiments.ablation` writes them: 2 epochs each, 3 s per
+    fold."""
+    from helpers.experiments.cv import history_table
 
     history = {key: [0.5, 0.05] for key in HISTORY_KEYS} | {"seconds": [1.0, 2.0]}
     for method, folds in folds_per_method.items():

@@ -37,7 +37,7 @@ def test_postbuild_installs_the_package_without_dependencies():
     commands = requirement_lines(postbuild)
     assert commands[0] == "set -e"
     # --no-deps: pyproject.toml names `tensorflow`, which would pull a second TensorFlow next to
-    # tensorflow-cpu; helpers.tooling.environment accepts tensorflow-cpu as TensorFlow.
+    # tensorflow-cpu; helpers.notebook.environment accepts tensorflow-cpu as TensorFlow.
     assert "pip install --no-deps -e ." in commands
 
 

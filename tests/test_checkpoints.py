@@ -1,4 +1,5 @@
-"""helpers.checkpoints: a run killed mid-training and resumed ends exactly where an uninterrupted
+"""helpers.training.checkpoints: a run killed mid-training and resumed ends exactly where an
+uninterrupted
 run ends -- weights, optimizer state and History, bit for bit.
 
 The SIGKILL test runs tests/resume_worker.py (256 images, 4 epochs) three times: uninterrupted
@@ -23,15 +24,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import checkpoints
-from helpers.checkpoints import (
+from helpers import compat
+from helpers.model import create_cnn
+from helpers.training import epoch_orders, train_fit, train_matched
+from helpers.training.checkpoints import (
     TrainingCheckpoint,
     seed_generator_states,
     train_resumable,
     training_settings,
 )
-from helpers.model import create_cnn
-from helpers.training import epoch_orders, train_fit, train_matched
 
 WORKER = Path(__file__).resolve().parent / "resume_worker.py"
 TIMEOUT = 300  # seconds for one worker run on a busy 2-core machine
@@ -137,9 +138,9 @@ def test_fit_resumes_bit_for_bit_too(small_split, tmp_path):
     """fit with given batch orders, interrupted before epoch 3 and resumed in a new model; the
     learning rate that ReduceLROnPlateau cut comes back with the optimizer, and the callbacks'
     counters and best weights with the checkpoint. Keras older than
-    `EARLY_STOPPING_RESUME_KERAS` does not restore the same weights after a resume (measured with
-    3.5): there train_resumable refuses EarlyStopping, by name."""
-    if checkpoints.keras_version() < checkpoints.EARLY_STOPPING_RESUME_KERAS:
+    `compat.KERAS_GATES["early_stopping_resume"]` does not restore the same weights after a
+    resume (measured with 3.5): there train_resumable refuses EarlyStopping, by name."""
+    if not compat.supports("early_stopping_resume"):
         with pytest.raises(NotImplementedError, match="resuming EarlyStopping with Keras"):
             resumable_fit(small_split, tmp_path / "whole")
         return

@@ -123,7 +123,7 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     assert f"Using tensorflow {pins['tensorflow']}, keras {pins['keras']}." in output
     # What was missing is now there, within the range.
     check = run([python, "-c",
-                 "import helpers.tooling.environment as e; e.check_environment(False)"],
+                 "import helpers.notebook.environment as e; e.check_environment(False)"],
                 cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "WARNING" not in check.stdout

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare
-from helpers.cv import COLUMNS
+from helpers.experiments import compare
+from helpers.experiments.cv import COLUMNS
 from helpers.tooling import report
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""helpers.custom_step: a train_step override trained with fit is plain fit, bit for bit; a
+"""helpers.training.custom_step: a train_step override trained with fit is plain fit, bit for bit; a
 customization fit cannot express gives the same result as an override and as a tape loop.
 
 640 training + 160 validation images, 2 epochs, the same initial weights (seeded) and batch
@@ -13,15 +13,15 @@ import keras
 import numpy as np
 import pytest
 
-from helpers.custom_step import (
+from helpers.model import create_cnn
+from helpers.training import epoch_orders, train_fit, train_matched, train_tape_loop
+from helpers.training.custom_step import (
     LayerClippedStepModel,
     MatchedStepModel,
     clip_by_layer,
     layer_clipped,
     with_step,
 )
-from helpers.model import create_cnn
-from helpers.training import epoch_orders, train_fit, train_matched, train_tape_loop
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EPOCHS = 2

@@ -1,4 +1,4 @@
-"""helpers.cv: stratified folds, and resumable cross-validation.
+"""helpers.experiments.cv: stratified folds, and resumable cross-validation.
 
 The resume logic is tested with fake, deterministic training functions (no TensorFlow training);
 one small real run checks that cross_validate_mnist works end to end.
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import cv
-from helpers.cv import COLUMNS, cross_validate, fold_indices
+from helpers.experiments import cv
+from helpers.experiments.cv import COLUMNS, cross_validate, fold_indices
 
 N, FOLDS, EPOCHS, BATCH, SEED = 103, 4, 3, 8, 7
 

@@ -1,8 +1,10 @@
-"""helpers.distributed: the tape loop under tf.distribute equals fit, one device and its workers.
+"""helpers.training.distributed: the tape loop under tf.distribute equals fit, one device and its
+workers.
 
 Every run that needs 2 logical CPU devices or a MultiWorkerMirroredStrategy worker happens in a
 fresh process (this one has TensorFlow's devices initialized already): `python -m
-helpers.distributed`, with tiny data (a few hundred images, 1-2 epochs) and a timeout on every
+helpers.training.distributed`, with tiny data (a few hundred images, 1-2 epochs) and a timeout on
+every
 wait. Workers talk over 127.0.0.1 on ports chosen free at run time, inside a private network
 namespace with only a loopback interface (helpers.tooling.private_network), which makes TensorFlow's
 0.0.0.0 listeners unreachable from this machine's network (checked below, as root); the launcher
@@ -29,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.distributed import (
+from helpers.tooling import private_network
+from helpers.tooling.launcher import (
     WorkerError,
     launch_workers,
     load_result,
@@ -39,11 +42,11 @@ from helpers.distributed import (
     parse_args,
     tf_config,
 )
-from helpers.tooling import private_network
 from helpers.tooling.private_network import LoopbackNetwork, free_ports
 
 # The distributed loop reproduces Keras 3.15's fit under a strategy and is refused with older
-# Keras (helpers.distributed.STRATEGY_KERAS), so the oldest-versions run deselects this file.
+# Keras (helpers.compat.KERAS_GATES["strategy"]), so the oldest-versions run deselects this
+# file.
 pytestmark = pytest.mark.pinned
 
 # 609 = 9 full batches of 64 and a partial one of 33, which 2 replicas split 17 + 16; the 130
@@ -64,8 +67,8 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
-    """`python -m helpers.distributed ARGS` in a fresh process."""
-    return run_python("-m", "helpers.distributed", *args)
+    """`python -m helpers.tooling.launcher ARGS` in a fresh process."""
+    return run_python("-m", "helpers.tooling.launcher", *args)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -167,7 +170,14 @@ from pathlib import Path
 
 import keras
 
-from helpers.distributed import load_split, mirrored_strategy, save_result, train_distributed
+from helpers.training.distributed import (
+    mirrored_strategy,
+    train_distributed,
+)
+from helpers.tooling.launcher import (
+    load_split,
+    save_result,
+)
 from helpers.model import create_cnn
 from helpers.training import epoch_orders, train_fit
 
@@ -303,8 +313,8 @@ def test_the_loop_refuses_what_it_cannot_reproduce():
     import keras
     import tensorflow as tf
 
-    from helpers.distributed import build_cnn, distributed_train_step
     from helpers.model import create_cnn
+    from helpers.training.distributed import build_cnn, distributed_train_step
 
     strategy = tf.distribute.get_strategy()
     outside = tf.distribute.OneDeviceStrategy("/cpu:0")

@@ -1,4 +1,4 @@
-"""helpers.tooling.environment, the check the Setup cells run before importing anything heavy: the
+"""helpers.notebook.environment, the check the Setup cells run before importing anything heavy: the
 range it enforces is pyproject.toml's, whose ends are the two tested requirement files; it installs
 only what is missing, and never installs over TensorFlow or Keras."""
 
@@ -13,7 +13,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from helpers.tooling import environment
+from helpers.notebook import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +137,6 @@ def test_hosted_means_colab_or_kaggle(monkeypatch):
 def test_importable_without_numpy_or_tensorflow():
     """The Setup cell imports it before the packages it checks may exist."""
     code = ("import sys; sys.modules.update(numpy=None, tensorflow=None, keras=None); "
-            "import helpers.tooling.environment")
+            "import helpers.notebook.environment")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

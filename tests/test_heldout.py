@@ -1,10 +1,11 @@
-"""helpers.heldout: each method trained once, tested on the 10,000 MNIST test images; resumable."""
+"""helpers.experiments.heldout: each method trained once, tested on the 10,000 MNIST test images;
+resumable."""
 
 from __future__ import annotations
 
 import json
 
-from helpers import heldout
+from helpers.experiments import heldout
 
 
 def test_train_and_test_writes_each_method_and_resumes(tmp_path):

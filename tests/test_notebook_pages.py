@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers.notebook.quiet_tensorflow import CPP_LOG_LINE, is_start_up_line
 from helpers.tooling.notebook_index import notebook_paths
-from helpers.tooling.quiet_tensorflow import CPP_LOG_LINE, is_start_up_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT)
@@ -41,7 +41,7 @@ def test_no_tensorflow_log_lines_in_committed_outputs(path):
 def test_importing_helpers_quiet_tensorflow_prints_no_start_up_lines():
     """The mechanism the Setup cells rely on, in a fresh interpreter (as a fresh kernel)."""
     result = subprocess.run(
-        [sys.executable, "-c", "import helpers.tooling.quiet_tensorflow; import tensorflow as tf; "
+        [sys.executable, "-c", "import helpers.notebook.quiet_tensorflow; import tensorflow as tf; "
          "print(tf.reduce_sum(tf.ones(3)).numpy())"],
         capture_output=True, text=True, check=True, cwd=ROOT,
         env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"},
@@ -66,7 +66,8 @@ def test_setup_cell_imports_quiet_tensorflow_before_tensorflow(path):
     imports = [line for line in setup.source.splitlines() if line.startswith(("import ", "from "))]
     first_tf = next(i for i, line in enumerate(imports)
                     if re.match(r"(import|from) (keras|tensorflow)\b", line))
-    assert any("helpers.tooling.quiet_tensorflow" in line for line in imports[:first_tf]), path.name
+    assert any("helpers.notebook.quiet_tensorflow" in line
+               for line in imports[:first_tf]), path.name
 
 
 # --- item 10 -----------------------------------------------------------------------------------

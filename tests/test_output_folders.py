@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import cv, heldout
-from helpers.params import OUTPUT_MARKER, SMOKE_ENV, validate_parameters
+from helpers.experiments import cv, heldout
+from helpers.experiments.params import OUTPUT_MARKER, SMOKE_ENV, validate_parameters
 
 VALID = dict(epochs=1, batch_size=8, seed=0, subset=100, folds=2)
 
@@ -64,7 +64,7 @@ def test_an_output_folder_is_marked_and_then_accepted(tmp_path):
 def test_the_repository_output_folder_is_the_projects(tmp_path):
     """scripts/run_notebooks.sh puts executed notebooks into output/notebooks before any
     notebook has run: the repository's own (git-ignored) output/ needs no marker."""
-    from helpers.params import PROJECT_OUTPUT
+    from helpers.experiments.params import PROJECT_OUTPUT
 
     assert validate_parameters(**VALID, output_dir=str(PROJECT_OUTPUT))
 

@@ -1,10 +1,11 @@
-"""helpers.params.validate_parameters: bad papermill values stop the run with a clear ValueError."""
+"""helpers.experiments.params.validate_parameters: bad papermill values stop the run with a clear
+ValueError."""
 
 from __future__ import annotations
 
 import pytest
 
-from helpers.params import SMOKE_ENV, validate_parameters
+from helpers.experiments.params import SMOKE_ENV, validate_parameters
 
 
 @pytest.fixture(autouse=True)

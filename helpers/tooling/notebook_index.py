@@ -232,7 +232,7 @@ INSTALL_TEMPLATE = """\
 if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:  # hosted notebook
     %pip install -q --no-deps "{source}"
 try:
-    from helpers.tooling.environment import check_environment
+    from helpers.notebook.environment import check_environment
 except ModuleNotFoundError:  # e.g. this notebook downloaded alone: say what to install
     raise ModuleNotFoundError(
         "This notebook needs its helpers package (it brings TensorFlow, Keras, ...): "

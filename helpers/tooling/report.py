@@ -25,10 +25,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-import helpers.tooling.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
-from helpers import ablation
-from helpers.compare import paired_comparison, summarize, verdict
-from helpers.plots import METHOD_LABELS
+import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
+from helpers.experiments import ablation
+from helpers.experiments.compare import paired_comparison, summarize, verdict
+from helpers.experiments.plots import METHOD_LABELS
 from helpers.training import ABLATION_METHODS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -93,12 +93,13 @@ def replace_block(text: str, block: str, markers: tuple[str, str] = (START, END)
 
 
 def ablation_effects(ablation_path: Path, baseline_path: Path) -> pd.DataFrame:
-    """`helpers.ablation.effects` of the committed variants and baselines."""
+    """`helpers.experiments.ablation.effects` of the committed variants and baselines."""
     return ablation.effects(ablation.combined_table(ablation_path, baseline_path))
 
 
 def ablation_answer(effect_table: pd.DataFrame, baseline_path: Path) -> str:
-    """The answer sentence (`helpers.ablation.answer_sentence`) from the committed results."""
+    """The answer sentence (`helpers.experiments.ablation.answer_sentence`) from the committed
+    results."""
     folds = json.loads((baseline_path / "settings.json").read_text())["folds"]
     return ablation.answer_sentence(effect_table, folds)
 
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results folder written by notebook 04")
     parser.add_argument("--ablation", type=Path, default=None,
-                        help="results folder of python -m helpers.ablation (same settings)")
+                        help="results folder of python -m helpers.experiments.ablation "
+                             "(same settings)")
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK_02,
                         help="notebook whose first cell gets the answer (with --ablation)")

@@ -41,7 +41,7 @@ Methods (`METHODS`):
   ``train_matched``'s option of the same name: one call of the compiled function trains the
   whole epoch in a graph loop, so Python and the function call are paid once an epoch rather
   than once a batch.
-- ``workers1``, ``workers2_1thread``: `helpers.distributed`'s loop under a
+- ``workers1``, ``workers2_1thread``: `helpers.training.distributed`'s loop under a
   ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
   2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
   against one process that uses both cores inside every operation. The workers (127.0.0.1,
@@ -87,7 +87,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.model import create_cnn
-from helpers.training import (
+from helpers.training.loop import (
     EpochTimer,
     indexed_train_step,
     matched_train_step,
@@ -314,17 +314,19 @@ class _PolicyRunner:
 
 
 class _WorkersRunner:
-    """`helpers.distributed`'s loop on `workers` worker processes of a MultiWorkerMirroredStrategy
+    """`helpers.training.distributed`'s loop on `workers` worker processes of a
+    MultiWorkerMirroredStrategy
     on this machine (127.0.0.1, in a `helpers.tooling.private_network.LoopbackNetwork`), each
     limited to `threads` intra-op threads (0: TensorFlow's default, all cores). The workers stay up
     across epochs and train one epoch of the global batch `batch_size` each time they are asked
-    (`helpers.distributed.serve_epochs`); an epoch takes as long as the slowest worker reports. They
+    (`helpers.tooling.launcher.serve_epochs`); an epoch takes as long as the slowest worker
+    reports. They
     load MNIST themselves, so `x` must be ``load_mnist("train", subset=len(x), seed=seed)``
     (checked). Call `close` to stop them."""
 
     def __init__(self, x, y, batch_size, seed, workers, threads):
         from helpers.data import load_mnist
-        from helpers.distributed import tf_config
+        from helpers.tooling.launcher import tf_config
         from helpers.tooling.private_network import LoopbackNetwork
 
         if not np.array_equal(load_mnist("train", subset=len(x), seed=seed)[0], x):
@@ -335,7 +337,8 @@ class _WorkersRunner:
         self.network = LoopbackNetwork(workers)
         self.processes = []
         for index in range(workers):
-            command = [sys.executable, "-m", "helpers.distributed", "--worker-index", str(index),
+            command = [sys.executable, "-m", "helpers.tooling.launcher",
+                       "--worker-index", str(index),
                        "--serve-epochs", "--samples", str(len(x)), "--batch-size",
                        str(batch_size), "--seed", str(seed), "--threads", str(threads)]
             env = dict(os.environ, TF_CONFIG=tf_config(self.network.hosts, index),
@@ -357,7 +360,7 @@ class _WorkersRunner:
                            f"{process.returncode} before answering {prefix!r}")
 
     def run_epoch(self) -> float:
-        from helpers.distributed import EPOCH_REPLY
+        from helpers.tooling.launcher import EPOCH_REPLY
 
         for process in self.processes:
             process.stdin.write("\n")
@@ -551,10 +554,11 @@ def policy_cross_validation(x: np.ndarray, y: np.ndarray, *, policies: Sequence[
                             methods: Sequence[str] = ("fit", "matched"), folds: int,
                             epochs: int, batch_size: int, seed: int = 0,
                             verbose: int = 0) -> pd.DataFrame:
-    """`helpers.cv.cross_validate` of each of `methods` (names from helpers.training.METHODS)
+    """`helpers.experiments.cv.cross_validate` of each of `methods` (names from
+    helpers.training.METHODS)
     under each dtype policy: the same folds and initial weights for all, every model built and
     trained inside `dtype_policy`. The tidy table's ``method`` is ``<method>@<policy>``."""
-    from helpers.cv import cross_validate
+    from helpers.experiments.cv import cross_validate
     from helpers.training import METHODS as TRAINING_METHODS
 
     tables = []

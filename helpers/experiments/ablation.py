@@ -7,7 +7,8 @@ from the same per-fold initial weights as fit, the article's loop and the matche
 
 For each variant and each of three overfitting measures -- final validation loss, best
 validation loss, and how far validation loss rises after its best epoch -- `effects` gives the
-paired difference to the article's loop and to fit (`helpers.compare.paired_difference`), and the
+paired difference to the article's loop and to fit
+(`helpers.experiments.compare.paired_difference`), and the
 share of the article's-loop-to-fit gap that the variant closes::
 
     gap closed = (naive - variant) / (naive - fit)     per fold, then mean and 95% CI over folds
@@ -19,8 +20,10 @@ The article's scale (10 folds, 30 epochs, batch 64, all 60,000 training images) 
 two cores; it runs resumably, fold by fold, and reads fit / naive / matched back from the
 committed results instead of retraining them::
 
-    python -m helpers.ablation --results-dir results/ablation --baseline results/full-scale
-    python -m helpers.ablation ... --summarize-only   # tables and figure from the finished folds
+    python -m helpers.experiments.ablation --results-dir results/ablation --baseline
+    results/full-scale
+    python -m helpers.experiments.ablation ... --summarize-only   # tables and figure from the
+    finished folds
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-import helpers.tooling.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
+import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.training import ABLATION_METHODS, DIFFERENCES, ablation_variants
 
 BASELINES = ("naive", "fit", "matched")
@@ -71,7 +74,7 @@ def effects(table: pd.DataFrame, variants=ABLATION_METHODS) -> pd.DataFrame:
     """For every variant in `table` and every measure: the paired difference to the article's
     loop and to fit (mean, corrected 95% CI, sign-flip p), and the share of the gap closed.
     Only folds that every compared method has finished are used."""
-    from helpers.compare import paired_difference
+    from helpers.experiments.compare import paired_difference
 
     measures = per_fold_measures(table)
     rows = []
@@ -203,7 +206,7 @@ def _check_same_settings(results_dir: Path, baseline_dir: Path) -> None:
 
 def record_run(results_dir: Path, **run) -> None:
     """run_info.json: the machine, library versions and how the variants are trained."""
-    from helpers.cv import run_info
+    from helpers.experiments.cv import run_info
 
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "run_info.json"
@@ -215,7 +218,7 @@ def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
     """table.csv (every finished run of the variants); summary.csv, effects.csv and
     gap_closed.png from the folds every variant has finished; the summed training time, the
     number of finished runs and of complete folds in run_info.json (written by `record_run`)."""
-    from helpers.compare import summarize
+    from helpers.experiments.compare import summarize
 
     finished = combined_table(results_dir, baseline_dir, complete_folds_only=False)
     variants = finished[finished["method"].isin(ABLATION_METHODS)]
@@ -263,7 +266,7 @@ def main(argv=None) -> int:
     if not args.summarize_only:
         import tensorflow as tf
 
-        from helpers.cv import cross_validate_mnist
+        from helpers.experiments.cv import cross_validate_mnist
         from helpers.training import METHODS
 
         if args.threads:

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from helpers.model import compile_like_article, create_cnn
-from helpers.training import TrainStep, tape_train_step
+from helpers.training.loop import TrainStep, tape_train_step
 
 
 def clip_by_layer(model: keras.Model, gradients, max_norm: float) -> list:

@@ -55,7 +55,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers.training import _require_compiled, epoch_orders, keras_version
+from helpers.compat import require_keras
+from helpers.training.loop import _require_compiled, epoch_orders
 
 SETTINGS_KEY = "settings/.ATTRIBUTES/VARIABLE_VALUE"  # where tf.train.Checkpoint stores it
 # Callback attributes that carry over from one epoch to the next, by class.
@@ -64,11 +65,6 @@ CALLBACK_STATE = {
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
     keras.callbacks.ModelCheckpoint: ("best",),
 }
-
-
-# With Keras 3.5 (the oldest supported), a resumed fit's EarlyStopping(restore_best_weights) ends
-# with other weights than an uninterrupted one; 3.15 (the pin) matches bit for bit.
-EARLY_STOPPING_RESUME_KERAS = (3, 15)
 
 
 def _stateful(callback) -> tuple[str, ...]:
@@ -236,12 +232,8 @@ def train_resumable(train, model, train_data, val_data, *, directory, epochs, ba
                          "random state, which a checkpoint does not hold: pass batch_orders "
                          "(e.g. helpers.training.epoch_orders) to resume fit bit for bit")
     callbacks = list(callbacks or ())
-    if keras_version() < EARLY_STOPPING_RESUME_KERAS and any(
-            isinstance(c, keras.callbacks.EarlyStopping) for c in callbacks):
-        raise NotImplementedError(
-            f"resuming EarlyStopping with Keras {keras.__version__}: only Keras "
-            f"{'.'.join(map(str, EARLY_STOPPING_RESUME_KERAS))} and newer is shown to stop and "
-            "restore the same weights after a resume as without one (tests/test_checkpoints.py)")
+    if any(isinstance(c, keras.callbacks.EarlyStopping) for c in callbacks):
+        require_keras("early_stopping_resume")
     settings = training_settings(train, model, train_data, val_data, epochs=epochs,
                                  batch_size=batch_size, seed=seed, batch_orders=batch_orders,
                                  callbacks=callbacks)

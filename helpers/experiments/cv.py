@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from helpers.data import class_ids, load_mnist
+from helpers.experiments.params import RESULTS_MARKER, check_project_folder
 from helpers.model import create_cnn
-from helpers.params import RESULTS_MARKER, check_project_folder
 from helpers.training import HISTORY_KEYS, METHODS
 
 COLUMNS = ["method", "fold", "epoch", *HISTORY_KEYS, "seconds"]

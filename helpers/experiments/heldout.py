@@ -13,7 +13,8 @@ refused) and ``run_info.json`` the machine, versions, thread settings and wall t
 
 From the command line (resumable; ``--threads 1`` spares a shared machine)::
 
-    python -m helpers.heldout results/held-out-test --epochs 30 --batch-size 64 --threads 1
+    python -m helpers.experiments.heldout results/held-out-test --epochs 30 --batch-size 64
+    --threads 1
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.cv import _check_or_write_settings, _write_atomically, data_fingerprint, run_info
 from helpers.data import load_mnist
+from helpers.experiments.cv import (
+    _check_or_write_settings,
+    _write_atomically,
+    data_fingerprint,
+    run_info,
+)
 from helpers.model import create_cnn
 from helpers.training import HISTORY_KEYS, METHODS
 

@@ -30,8 +30,8 @@ whatever the callbacks log (e.g. ``learning_rate``).
   regularizer) the match is to ~1e-6, and bit for bit again with
   ``tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})``
   (tests/test_training.py). Both are asserted on CPU with the pinned and with the oldest
-  supported TensorFlow/Keras (helpers.tooling.environment); versions in between are not tested.
-- ``METHODS`` names them all for `helpers.cv.cross_validate`, including the ablation's 8
+  supported TensorFlow/Keras (helpers.notebook.environment); versions in between are not tested.
+- ``METHODS`` names them all for `helpers.experiments.cv.cross_validate`, including the ablation's 8
   variants (`ablation_variants`): the article's loop with one fix (``naive+<key>``) and the
   matched loop without one (``matched-<key>``).
 
@@ -62,44 +62,17 @@ import numpy as np
 import tensorflow as tf
 from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils
 
+from helpers.compat import KERAS_GATES, supports
+from helpers.differences import DIFFERENCE_KEYS, DIFFERENCES  # noqa: F401 (re-exported)
+
 try:  # fit's loss tracker gets the loss times the number of replicas (trainer.py:69-74)
     from keras.src.losses.loss import unscale_loss_for_distribution
 except ImportError:  # Keras before 3.15 lacks it; there the distributed loop is refused
-    # (helpers.distributed.STRATEGY_KERAS), and on one device unscaling is the identity.
+    # (helpers.compat.KERAS_GATES["strategy"]), and on one device unscaling is the identity.
     def unscale_loss_for_distribution(loss):
         return loss
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-class Difference(NamedTuple):
-    """One way the article's loop trains differently from fit."""
-
-    key: str  # the switch's name in `train_tape_loop(fixes=...)`
-    name: str  # a short label for tables and figures
-    fit: str  # what fit does
-    article: str  # what the article's loop does instead
-
-
-# The canonical list: the README and notebooks 02-05 read their count and names from it.
-DIFFERENCES = (
-    Difference("dropout", "Dropout in training",
-               "calls the model with training=True, so Dropout drops half the units of each "
-               "training batch",
-               "calls model(x) with training unset, so Dropout never drops anything"),
-    Difference("mean_loss", "the mean loss",
-               "differentiates the batch-mean loss (plus model.losses)",
-               "differentiates the per-sample loss vector, i.e. the sum over the batch: a "
-               "batch_size-times larger gradient"),
-    Difference("shuffle", "a new shuffle every epoch",
-               "shuffles the training samples (the matched loop draws a new permutation every "
-               "epoch)",
-               "takes the batches in file order, the same every epoch"),
-    Difference("partial_batch", "the last partial batch",
-               "trains on every sample every epoch, the last partial batch included",
-               "drops the last len(x) % batch_size samples every epoch"),
-)
-DIFFERENCE_KEYS = tuple(difference.key for difference in DIFFERENCES)
 
 
 def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
@@ -161,7 +134,8 @@ class _Evaluator:
     partial batch kept, the compiled loss + model.losses (``compute_loss``), the loss tracker's
     running mean weighted by batch size, the compiled metrics through ``compute_metrics`` with
     the validation sample weights if given; logs prefixed ``val_`` (trainer.py:433-435).
-    `_step` is that test step, also per replica under a strategy (helpers.distributed runs it
+    `_step` is that test step, also per replica under a strategy (helpers.training.distributed runs
+    it
     there with its own `_run_steps`)."""
 
     def __init__(self, model, val_data, batch_size, compiled):
@@ -331,16 +305,6 @@ def _compile_argument(model: keras.Model, name: str):
     return model._compile_config.config.get(name)
 
 
-# The oldest Keras whose fit the loop's loss scaling (mixed_float16) is shown to reproduce.
-LOSS_SCALING_KERAS = (3, 15)
-
-
-def keras_version() -> tuple[int, int]:
-    """Keras' (major, minor) version."""
-    major, minor = keras.__version__.split(".")[:2]
-    return int(major), int(minor)
-
-
 def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: bool = False):
     """Raise for a compiled model, option or data that `train_tape_loop` with these `fixes`
     would train differently from fit, naming it, so that the loop never trains silently
@@ -366,10 +330,9 @@ def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: b
     if replicas > 1:
         refused.append(f"a distribution strategy with {replicas} replicas")
     if (isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-            and keras_version() < LOSS_SCALING_KERAS):
-        refused.append(f"loss scaling (LossScaleOptimizer) with Keras {keras.__version__}: the "
-                       "loop follows the loss scaling of Keras 3.15's fit "
-                       "(tests/test_fit_options.py)")
+            and not supports("loss_scaling")):
+        gate = KERAS_GATES["loss_scaling"]
+        refused.append(f"{gate.what} with Keras {keras.__version__}: {gate.why}")
     if "mean_loss" not in fixes:
         optimizer = model.optimizer
         needs = {
@@ -403,7 +366,7 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
       ``compute_loss`` -- the compiled loss, sample-weighted and reduced as compiled, plus each of
       ``model.losses`` (trainer.py:385-401) --, the loss tracker updated with it (unscaled by
       ``unscale_loss_for_distribution`` as fit does, trainer.py:69-74: the identity on one
-      device; under a strategy helpers.distributed runs this step per replica), then
+      device; under a strategy helpers.training.distributed runs this step per replica), then
       ``optimizer.scale_loss`` (the loss scale of a ``LossScaleOptimizer`` under
       ``mixed_float16``; the identity otherwise) before the gradient, which
       ``apply_gradients`` unscales; else the article's per-sample loss vector, whose gradient is
@@ -416,7 +379,8 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
     ``apply_gradients`` and so are applied exactly as in fit.
 
     `transform_gradients`, ``transform_gradients(gradients) -> gradients``, changes the gradients
-    between the tape and the optimizer (a custom step; `helpers.custom_step.layer_clipped`). Under
+    between the tape and the optimizer (a custom step;
+    `helpers.training.custom_step.layer_clipped`). Under
     loss scaling the gradients it would see are scaled, so it is refused there.
     """
     if transform_gradients is not None and isinstance(
@@ -591,10 +555,11 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
     `callbacks` and `initial_epoch` mean what they mean to fit: Keras callbacks, driven by
     `_run_epochs` through ``keras.callbacks.CallbackList`` with fit's hooks and logs
     (tests/test_callbacks.py), and the epoch to start at when resuming (epoch e still trains on
-    ``batch_orders[e]``; helpers.checkpoints).
+    ``batch_orders[e]``; helpers.training.checkpoints).
 
     `make_step`, ``make_step(model, x, y) -> TrainStep``, replaces the step (e.g.
-    `helpers.custom_step.layer_clipped`); it then decides how the model is called and what is
+    `helpers.training.custom_step.layer_clipped`); it then decides how the model is called and what
+    is
     differentiated, so it needs the ``"dropout"`` and ``"mean_loss"`` fixes on, and no sample
     weights (it is refused otherwise rather than silently ignoring them).
     """

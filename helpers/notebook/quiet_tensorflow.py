@@ -1,6 +1,6 @@
 """Importing this module imports TensorFlow without its C++ start-up log lines.
 
-The notebooks' Setup cells import it first (``import helpers.tooling.quiet_tensorflow``, before
+The notebooks' Setup cells import it first (``import helpers.notebook.quiet_tensorflow``, before
 Keras). Importing TensorFlow 2.21 on a machine without a GPU writes, straight to file descriptor 2:
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR

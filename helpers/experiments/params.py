@@ -23,7 +23,8 @@ DATASETS = {"mnist": 60_000}  # name -> images in the pool that is cross-validat
 SMOKE_ENV = "TAPE_VS_FIT_SMOKE"
 SMOKE_LIMITS = {"folds": 2, "epochs": 2, "subset": 600}
 # What marks a folder as the project's own: a results folder holds the settings it was made with
-# (helpers.cv writes it first); an output folder gets a marker file when the project makes it.
+# (helpers.experiments.cv writes it first); an output folder gets a marker file when the project
+# makes it.
 RESULTS_MARKER = "settings.json"
 OUTPUT_MARKER = ".tape-vs-fit-output"
 PROJECT_OUTPUT = Path(__file__).resolve().parent.parent / "output"  # the repository's own, ignored

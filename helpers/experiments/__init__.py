@@ -1,0 +1,4 @@
+"""Experiments on the training functions: cross-validation (`cv`), a final held-out test
+(`heldout`), the one-difference-at-a-time ablation (`ablation`), the paired statistics that
+compare methods (`compare`), their figures (`plots`) and the one check of every parameter
+(`params`)."""
