@@ -56,7 +56,8 @@ class MatchedStepModel(keras.Model):
     """
 
     def transform_gradients(self, gradients):
-        """The gradients the optimizer applies; unchanged here."""
+        """The gradients the optimizer applies; unchanged here. Under a LossScaleOptimizer they
+        are those of the scaled loss."""
         return gradients
 
     def train_step(self, data):
@@ -83,9 +84,9 @@ class MatchedStepModel(keras.Model):
 
     def _update_loss_tracker(self, loss, x):
         # As fit: each batch's loss weighted by its number of samples, so that the epoch's
-        # "loss" is a per-sample mean even with a partial last batch; under a tf.distribute
-        # strategy, Keras 3.15 divides the loss by the number of replicas and undoes it here
-        # (the identity on one device).
+        # "loss" is a per-sample mean even with a partial last batch, and multiplied back by the
+        # number of replicas that Keras 3.15 divides it by under a tf.distribute strategy
+        # (keras/src/losses/loss.py: reduce_values) -- the identity on one device and before 3.15.
         batch_size = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
         loss_tracker(self).update_state(unscale_loss_for_distribution(loss),
                                         sample_weight=batch_size)
