@@ -56,3 +56,17 @@ def require_keras(gate: str) -> None:
             f"{needed.what} with Keras {keras.__version__}: needs Keras "
             f"{'.'.join(map(str, needed.oldest))} or newer, because {needed.why}; upgrade with "
             f"pip install 'keras>={'.'.join(map(str, needed.oldest))}'")
+
+
+# --- A Keras internal that a train_step override needs (helpers.training.custom_step) ---
+
+
+def loss_tracker(model: keras.Model) -> keras.metrics.Mean:
+    """The compiled `model`'s loss tracker: the ``Mean`` named ``loss`` that ``compile`` creates
+    (keras/src/trainers/trainer.py: ``Trainer.compile``, ``self._loss_tracker``) and fit's own
+    step updates (keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step`` and
+    ``test_step``); History's ``loss`` is its result. Keras has no public handle on it: the
+    keras.io guide "Customizing what happens in fit() with TensorFlow" finds it in
+    ``model.metrics`` by its name, which a metric compiled as ``"loss"`` would share. Same
+    attribute in Keras 3.5 and 3.15."""
+    return model._loss_tracker

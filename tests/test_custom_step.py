@@ -3,6 +3,7 @@ customization fit cannot express gives the same result as an override and as a t
 
 640 training + 160 validation images, 2 epochs, the same initial weights (seeded) and batch
 order (`epoch_orders`) everywhere; batch size 50 so that every epoch ends in a partial batch.
+Unweighted, and with fit's ``sample_weight`` (validation weights too) or ``class_weight``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BATCH_SIZE = 50
 MODEL_SEED = 3
 N_TRAIN = 640
 MAX_NORM = 0.05  # small enough that most steps clip at least one layer
+CLASS_WEIGHT = {0: 3.0, 1: 0.25, 7: 2.0}  # the classes left out keep weight 1, as in fit
 
 
 def orders():
@@ -65,6 +67,37 @@ def runs(small_split):
     }
 
 
+def compile_weighted(model):
+    """The article's compile call plus a weighted accuracy, so that the weights reach the metrics
+    as well as the loss."""
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                  weighted_metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def weighted_runs(small_split):
+    """Plain fit and the override, each with fit's sample_weight (and validation weights) and
+    with its class_weight. With ``batch_orders``, `train_fit` turns class_weight into per-sample
+    weights with fit's own function (helpers.training.arrays_like_fit), so in both cases the step
+    gets batches ``(x, y, sample_weight)``, as fit's data adapter hands them over."""
+    (x, y), (x_val, y_val) = small_split
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0.2, 2.0, len(x)).astype(np.float32)
+    weighted_val = (x_val, y_val, rng.uniform(0.2, 2.0, len(x_val)).astype(np.float32))
+    options = {"sample_weight": dict(sample_weight=weights),
+               "class_weight": dict(class_weight=CLASS_WEIGHT)}
+    models = {"fit": lambda: create_cnn(seed=MODEL_SEED, compile=False),
+              "override": lambda: with_step(MatchedStepModel, seed=MODEL_SEED)}
+    return {
+        (option, form): trained(
+            compile_weighted(make()),
+            ((x, y), weighted_val if option == "sample_weight" else (x_val, y_val)), **kwargs)
+        for option, kwargs in options.items()
+        for form, make in models.items()
+    }
+
+
 def test_override_starts_where_fit_starts(runs):
     assert max_difference(runs["fit"]["initial"], runs["override"]["initial"]) == 0.0
     # the same layers in the same order (their names differ: Keras numbers repeated names;
@@ -91,6 +124,24 @@ def test_test_step_override_is_plain_evaluate_exactly(runs, small_split):
     override = runs["override"]["model"].evaluate(x_val, y_val, batch_size=BATCH_SIZE, verbose=0,
                                                   return_dict=True)
     assert override == plain
+
+
+@pytest.mark.parametrize("option", ["sample_weight", "class_weight"])
+def test_override_is_plain_fit_with_weights(weighted_runs, option):
+    fit, override = weighted_runs[option, "fit"], weighted_runs[option, "override"]
+    assert "weighted_accuracy" in fit["history"]
+    if option == "sample_weight":
+        assert "val_weighted_accuracy" in fit["history"]
+    assert history_difference(fit["history"], override["history"]) == 0.0
+    assert max_difference(fit["variables"], override["variables"]) == 0.0
+    assert max_difference(fit["optimizer"], override["optimizer"]) == 0.0
+
+
+def test_weights_changed_training(runs, weighted_runs):
+    """The weights are used: weighted training differs from unweighted training."""
+    for option in ("sample_weight", "class_weight"):
+        assert max_difference(runs["fit"]["variables"],
+                              weighted_runs[option, "fit"]["variables"]) > 1e-3
 
 
 def test_clipping_changed_training(runs):

@@ -2,11 +2,15 @@
 matched step, written with Keras 3's public API, and one customization fit's options cannot
 express -- per-layer gradient clipping -- in both forms, the override and the tape loop.
 
-- `MatchedStepModel`: ``train_step`` = ``self(x, training=True)`` inside a ``GradientTape``,
-  ``self.compute_loss``, the gradient, ``self.optimizer.apply``, and ``self.metrics`` updated
-  from the same forward pass; ``test_step`` the same in inference mode. Trained with fit it
-  gives plain fit's History and weights bit for bit (tests/test_custom_step.py): it is Keras'
-  own step (keras/src/backend/tensorflow/trainer.py:53-104) spelled with public calls.
+- `MatchedStepModel`: Keras' own step (keras/src/backend/tensorflow/trainer.py:
+  ``TensorFlowTrainer.train_step`` and ``test_step``) spelled with public calls:
+  ``keras.utils.unpack_x_y_sample_weight``, ``self(x, training=True)`` inside a
+  ``GradientTape``, ``self.compute_loss`` with the sample weights, the loss tracker updated,
+  ``self.optimizer.scale_loss``, the gradient, ``self.optimizer.apply`` and
+  ``self.compute_metrics``; ``test_step`` the same in inference mode, without the update. Trained
+  with fit it gives plain fit's History and weights bit for bit, also with ``sample_weight`` and
+  ``class_weight`` (tests/test_custom_step.py). The one private piece is the loss tracker
+  (`helpers.compat.loss_tracker`).
 - `LayerClippedStepModel`: the same step with each layer's gradients clipped to a joint norm
   (`clip_by_layer`). fit's ``clipnorm`` clips every variable on its own and ``global_clipnorm``
   all of them together; a per-layer norm (kernel and bias as one) needs a custom step.
@@ -23,8 +27,9 @@ import functools
 import keras
 import tensorflow as tf
 
+from helpers.compat import loss_tracker
 from helpers.model import compile_like_article, create_cnn
-from helpers.training.loop import TrainStep, tape_train_step
+from helpers.training.loop import TrainStep, tape_train_step, unscale_loss_for_distribution
 
 
 def clip_by_layer(model: keras.Model, gradients, max_norm: float) -> list:
@@ -46,41 +51,45 @@ class MatchedStepModel(keras.Model):
     """fit's own step written with Keras 3's public API (TensorFlow backend).
 
     Subclasses change the step by overriding `transform_gradients`; everything fit does around
-    the step -- callbacks, the progress bar, shuffling, ``steps_per_execution``, validation --
-    stays fit's.
+    the step -- callbacks, the progress bar, shuffling, sample and class weights,
+    ``steps_per_execution``, validation -- stays fit's.
     """
 
     def transform_gradients(self, gradients):
-        """The gradients the optimizer applies; unchanged here."""
+        """The gradients the optimizer applies; unchanged here. Under a LossScaleOptimizer they
+        are those of the scaled loss."""
         return gradients
 
-    def _update_metrics(self, loss, x, y, y_pred):
-        # self.metrics is [loss tracker, compiled metrics]; fit weights the loss tracker's mean
-        # by the batch size (trainer.py:67-72), so partial batches count per sample.
-        for metric in self.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss, sample_weight=tf.shape(x)[0])
-            else:
-                metric.update_state(y, y_pred)
-        return self.get_metrics_result()
-
     def train_step(self, data):
-        x, y = data
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
-            # A no-op unless the optimizer is a LossScaleOptimizer (mixed precision), whose
-            # apply() unscales the gradients again, as in fit (trainer.py:73-74).
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                     training=True)
+            self._update_loss_tracker(loss, x)
+            # The identity unless the optimizer is a LossScaleOptimizer (mixed precision), whose
+            # apply() unscales the gradients again.
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(self.transform_gradients(gradients), self.trainable_variables)
-        return self._update_metrics(loss, x, y, y_pred)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def test_step(self, data):
-        x, y = data
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-        return self._update_metrics(loss, x, y, y_pred)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=False)
+        self._update_loss_tracker(loss, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _update_loss_tracker(self, loss, x):
+        # As fit: each batch's loss weighted by its number of samples, so that the epoch's
+        # "loss" is a per-sample mean even with a partial last batch, and multiplied back by the
+        # number of replicas that Keras 3.15 divides it by under a tf.distribute strategy
+        # (keras/src/losses/loss.py: reduce_values) -- the identity on one device and before 3.15.
+        batch_size = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+        loss_tracker(self).update_state(unscale_loss_for_distribution(loss),
+                                        sample_weight=batch_size)
 
 
 class LayerClippedStepModel(MatchedStepModel):
