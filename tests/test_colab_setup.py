@@ -88,7 +88,7 @@ def test_downloaded_alone_says_what_to_install(colab_venv, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "ModuleNotFoundError" in output
-    assert 'pip install "helpers @ git+https://github.com/' in output, output[-2000:]
+    assert 'pip install "tape-vs-fit @ git+https://github.com/' in output, output[-2000:]
 
 
 def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package_copy, tmp_path):
@@ -96,7 +96,7 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     before = {name: dist_info(colab_venv, name) for name in PREINSTALLED}
     assert all(len(paths) == 1 for paths in before.values()), before
     stamps = {name: paths[0].joinpath("RECORD").stat() for name, paths in before.items()}
-    for name in ("helpers", "pandas", "scikit_learn", "matplotlib"):
+    for name in ("tape_vs_fit", "pandas", "scikit_learn", "matplotlib"):
         assert not dist_info(colab_venv, name), f"{name} should be missing before the block runs"
 
     fake = tmp_path / "fake"  # a stand-in for Colab's own google.colab module
@@ -104,7 +104,7 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     (fake / "google" / "colab" / "__init__.py").write_text("", encoding="utf-8")
     preamble = f"sys.path.insert(0, {str(fake)!r})\nimport google.colab  # noqa: F401"
     result = run_block(colab_venv, tmp_path, preamble,
-                       install_block(source=f"helpers @ {package_copy.as_uri()}"))
+                       install_block(source=f"tape-vs-fit @ {package_copy.as_uri()}"))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
 
@@ -127,5 +127,5 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
                 cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "WARNING" not in check.stdout
-    for name in ("helpers", "pandas", "scikit_learn", "scipy", "matplotlib"):
+    for name in ("tape_vs_fit", "pandas", "scikit_learn", "scipy", "matplotlib"):
         assert dist_info(colab_venv, name), f"{name} was not installed"

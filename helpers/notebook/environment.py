@@ -8,11 +8,11 @@ there is kept even when it lies outside the tested range (replacing Colab's Tens
 hundreds of MB and breaks Colab's other packages); a clear message says so instead.
 
 The supported range is the one declared in pyproject.toml (read from the installed package's
-metadata, so it has one source). CI tests its two ends: requirements.txt (the pins, `PINNED`) and
-requirements-oldest.txt (the lower bounds); the unit tests, including the bit-for-bit equality of
-fit() and the matched loop on CPU, pass at both. Exact only on the pins: the Keras source line
-numbers cited in helpers.training and the notebooks, and the numbers committed under results/.
-Versions between the two ends are not tested.
+metadata, so it has one source). CI tests its two ends: the pins (pyproject.toml's `pinned`
+extra, which requirements.txt installs; `pinned_versions`) and requirements-oldest.txt (the lower
+bounds); the unit tests, including the bit-for-bit equality of fit() and the matched loop on CPU,
+pass at both. Exact only on the pins: the numbers committed under results/. Versions between the
+two ends are not tested.
 
 This module uses only the standard library and ``packaging`` (a dependency of ipykernel, so
 present in every Jupyter kernel): it must work before numpy, TensorFlow or Keras are installed.
@@ -29,17 +29,29 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-# The versions in requirements.txt (tests/test_environment.py checks that they agree).
-PINNED = {"tensorflow": "2.21.0", "keras": "3.15.1"}
+DISTRIBUTION = "tape-vs-fit"  # the pip name of the package that brings `helpers`
+PINNED_EXTRA = "pinned"  # its extra that pins the tested TensorFlow and Keras
 # Distributions that provide the `tensorflow` module under another name (Binder uses the CPU one).
 ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos")}
 KEPT_AS_IS = ("tensorflow", "keras")  # never installed over an existing version
 
 
-def requirements(distribution: str = "helpers") -> list[Requirement]:
+def requirements(distribution: str = DISTRIBUTION) -> list[Requirement]:
     """The installed package's dependencies (pyproject.toml's list), without extras."""
     found = [Requirement(text) for text in metadata.requires(distribution) or []]
     return [requirement for requirement in found if requirement.marker is None]
+
+
+def pinned_versions(distribution: str = DISTRIBUTION) -> dict[str, str]:
+    """The TensorFlow and Keras versions every equality was shown with: the package's `pinned`
+    extra, read from its installed metadata (so a hosted notebook knows them too)."""
+    pins = {}
+    for text in metadata.requires(distribution) or []:
+        requirement = Requirement(text)
+        if requirement.marker and requirement.marker.evaluate({"extra": PINNED_EXTRA}):
+            (pin,) = requirement.specifier
+            pins[requirement.name] = pin.version
+    return pins
 
 
 def installed_version(name: str) -> str | None:
@@ -57,7 +69,8 @@ def hosted() -> bool:
     return "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
 
 
-def check_environment(install_missing: bool | None = None, distribution: str = "helpers") -> dict:
+def check_environment(install_missing: bool | None = None,
+                      distribution: str = DISTRIBUTION) -> dict:
     """Compare the installed packages with `distribution`'s requirements; return their versions.
 
     - missing packages: pip-installed within the range when `install_missing` (by default: on a
@@ -94,11 +107,12 @@ def check_environment(install_missing: bool | None = None, distribution: str = "
         print(f"WARNING: {requirement.name} {version} is outside the tested range "
               f"{requirement.specifier} ({action}). If a cell fails, install a tested version "
               f'(pip install "{requirement}") and restart the kernel.')
-    off_pins = {name: versions.get(name) for name, pin in PINNED.items()
+    pinned = pinned_versions(distribution)
+    off_pins = {name: versions.get(name) for name, pin in pinned.items()
                 if versions.get(name) not in (None, pin)}
     if off_pins:
         using = ", ".join(f"{name} {version}" for name, version in off_pins.items())
-        pins = ", ".join(f"{name} {pin}" for name, pin in PINNED.items())
-        print(f"Using {using}. Bit-for-bit equalities and cited Keras source lines were checked "
-              f"with {pins}; other versions may differ in the last digits.")
+        pins = ", ".join(f"{name} {pin}" for name, pin in pinned.items())
+        print(f"Using {using}. Bit-for-bit equalities were checked with {pins}; other versions "
+              "may differ in the last digits.")
     return versions

@@ -243,8 +243,9 @@ else:  # hosted: installs what is missing; never replaces an installed TensorFlo
 
 
 def install_source(repository: str = REPOSITORY) -> str:
-    """The pip requirement that installs the helpers package from the repository."""
-    return f"helpers @ git+https://github.com/{repository}"
+    """The pip requirement that installs the package (`tape-vs-fit`, which brings `helpers`)
+    from the repository."""
+    return f"tape-vs-fit @ git+https://github.com/{repository}"
 
 
 def install_block(source: str | None = None, repository: str = REPOSITORY) -> str:
