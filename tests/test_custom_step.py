@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from helpers.model import create_cnn
+from helpers.tooling.speed import dtype_policy
 from helpers.training import epoch_orders, train_fit, train_matched, train_tape_loop
 from helpers.training.custom_step import (
     LayerClippedStepModel,
@@ -182,3 +183,14 @@ def test_make_step_needs_the_step_fixes(small_split):
     with pytest.raises(ValueError, match="'dropout' and 'mean_loss'"):
         train_tape_loop(create_cnn(0), *small_split, epochs=1, batch_size=64, seed=0,
                         fixes=("shuffle", "partial_batch"), make_step=layer_clipped(1.0))
+
+
+def test_layer_clipping_is_refused_under_loss_scaling(small_split):
+    """Under mixed_float16 the step's gradients are the scaled loss's, so a per-layer clip would
+    clip at another norm than asked: refused, as the tape loop refuses it."""
+    (x, y), _ = small_split
+    with dtype_policy("mixed_float16"):
+        model = with_step(LayerClippedStepModel, seed=MODEL_SEED, max_norm=1.0)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        with pytest.raises(NotImplementedError, match="per-layer clipping under loss scaling"):
+            model.fit(x[:BATCH_SIZE], y[:BATCH_SIZE], batch_size=BATCH_SIZE, epochs=1, verbose=0)

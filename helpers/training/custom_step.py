@@ -100,6 +100,10 @@ class LayerClippedStepModel(MatchedStepModel):
         self.max_norm = max_norm
 
     def transform_gradients(self, gradients):
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # the gradients here are the scaled loss's: clipping them would clip at another norm
+            raise NotImplementedError("per-layer clipping under loss scaling (mixed_float16): "
+                                      "the gradients it would see are scaled")
         return clip_by_layer(self, gradients, self.max_norm)
 
 
