@@ -186,6 +186,11 @@ def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
         raise FileNotFoundError(f"{results.path / store.RUN_INFO} is missing: it records how the "
                                 "variants were trained")
     finished = combined_table(results_dir, baseline_dir, complete_folds_only=False)
+    missing = sorted({"naive", "fit"} - set(finished["method"]))
+    if missing:
+        raise FileNotFoundError(f"no runs of {' and '.join(missing)} in "
+                                f"{baseline_dir or results_dir} to compare the variants with; "
+                                "give the baselines' results folder, e.g. results/full-scale")
     variants = finished[finished["method"].isin(VARIANTS)]
     order = {name: i for i, name in enumerate(VARIANTS)}
     variants = variants.sort_values(

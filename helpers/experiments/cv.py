@@ -108,12 +108,10 @@ def cross_validate(
     for fold, (train_idx, val_idx) in enumerate(splits[:first_folds]):
         for method, train in methods.items():
             fold_file = f"{method}/fold_{fold:02d}.csv"
-            finished = results.read_table(fold_file) if results is not None else None
+            finished = store.read_finished(results, fold_file, f"fold {fold + 1}/{folds} {method}",
+                                           verbose)
             if finished is not None:
                 tables.append(finished)
-                if verbose:
-                    print(f"fold {fold + 1}/{folds} {method}: finished earlier, read "
-                          f"{results.path / fold_file}")
                 continue
             model = model_fn(seed=seed + fold)
             started = time.perf_counter()

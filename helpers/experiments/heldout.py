@@ -66,11 +66,9 @@ def train_and_test(
     tables = []
     for method, train in methods.items():
         method_file = f"{method}.csv"
-        finished = results.read_table(method_file) if results is not None else None
+        finished = store.read_finished(results, method_file, method, verbose)
         if finished is not None:
             tables.append(finished)
-            if verbose:
-                print(f"{method}: finished earlier, read {results.path / method_file}")
             continue
         if verbose:
             print(f"{method}: training {epochs} epochs on {len(x_train)} images, "

@@ -13,10 +13,11 @@ notebooks as committed, without papermill parameters).
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from helpers.data import NUM_CLASSES
@@ -66,6 +67,18 @@ def check_number(name: str, value, *, minimum: float | None = None, above: float
         allowed = " and ".join(f"{sign} {bound}" for sign, bound in bounds)
         refuse(name, value, f"it must be {allowed}")
     return value
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  minimums: Mapping[str, int]) -> None:
+    """A command line's whole-number options (`minimums`: option's dest -> least value allowed):
+    a value below ends the program with the parser's usage and the message (exit code 2, no
+    traceback)."""
+    try:
+        for name, minimum in minimums.items():
+            check_integer(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+    except ParameterError as error:
+        parser.error(str(error))
 
 
 def check_project_folder(name: str, path, marker: str) -> Path:

@@ -57,6 +57,16 @@ def history_table(history: Mapping[str, Sequence], keys: Sequence[str], **labels
     return table
 
 
+def read_finished(results: ResultsFolder | None, name: str, label: str,
+                  verbose: int) -> pd.DataFrame | None:
+    """The table `name` that an earlier run finished in `results` (None without a folder or
+    before it is finished); with `verbose`, says so after `label`."""
+    table = results.read_table(name) if results is not None else None
+    if table is not None and verbose:
+        print(f"{label}: finished earlier, read {results.path / name}")
+    return table
+
+
 def run_info() -> dict:
     """Machine, library versions and TensorFlow's thread settings, stored beside the results."""
     import keras

@@ -22,7 +22,7 @@ from pathlib import Path
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.experiments import ablation, store
 from helpers.experiments.cv import cross_validate_mnist
-from helpers.experiments.params import ParameterError, check_integer
+from helpers.experiments.params import ParameterError, check_options
 from helpers.threads import use_threads
 from helpers.training import ABLATION_METHODS, METHODS, ablation_variants
 
@@ -47,12 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "single-thread processes share the folds' work")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        for name, minimum in (("folds", 2), ("epochs", 1), ("batch_size", 1), ("subset", 0),
-                              ("seed", 0), ("threads", 0), ("steps_per_execution", 1)):
-            check_integer(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
-    except ParameterError as error:
-        parser.error(str(error))
+    check_options(parser, args, {"folds": 2, "epochs": 1, "batch_size": 1, "subset": 0, "seed": 0,
+                                 "threads": 0, "steps_per_execution": 1})
     return args
 
 

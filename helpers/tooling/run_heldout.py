@@ -16,7 +16,7 @@ import sys
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.experiments import store
 from helpers.experiments.heldout import final_test_scores, train_and_test
-from helpers.experiments.params import ParameterError, check_integer
+from helpers.experiments.params import ParameterError, check_options
 from helpers.threads import use_threads
 from helpers.training import METHODS
 
@@ -33,12 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default)")
     args = parser.parse_args(argv)
-    try:
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("subset", 0), ("seed", 0),
-                              ("threads", 0)):
-            check_integer(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
-    except ParameterError as error:
-        parser.error(str(error))
+    check_options(parser, args, {"epochs": 1, "batch_size": 1, "subset": 0, "seed": 0,
+                                 "threads": 0})
     return args
 
 
