@@ -212,10 +212,11 @@ def test_summary_files_from_finished_folds(tmp_path):
     values = {"naive": [0.08, 0.07], "fit": [0.03, 0.03], "matched": [0.03, 0.031]}
     _synthetic_table(values).to_csv(baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
+    results = store.ResultsFolder.open(variants, {"folds": 2})
     _write_folds(variants, dict.fromkeys(ABLATION_METHODS[:2], 2))
     with pytest.raises(FileNotFoundError, match="run_info.json is missing"):
         ablation.write_summary(variants, baseline)
-    store.ResultsFolder(variants).record_run_info(steps_per_execution=50)
+    results.record_run_info(steps_per_execution=50)
     info = ablation.write_summary(variants, baseline)
     assert info["finished_runs"] == 4 and info["training_seconds_all_folds"] == 12.0
     assert info["steps_per_execution"] == 50 and info["tensorflow"]
@@ -232,8 +233,6 @@ def test_summary_files_from_finished_folds(tmp_path):
 def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progress):
     """While folds are missing the README block says how far the run is; once every run has
     finished it says so, without "so far"."""
-    import json
-
     from helpers.tooling import report
 
     baseline = tmp_path / "baseline"
@@ -241,9 +240,8 @@ def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progr
     _synthetic_table({"naive": [0.08, 0.07], "fit": [0.03, 0.03]}).to_csv(
         baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
+    store.ResultsFolder.open(variants, {"folds": 2}).record_run_info(steps_per_execution=50)
     _write_folds(variants, dict.fromkeys(ABLATION_METHODS, finished_folds))
-    (variants / "settings.json").write_text(json.dumps({"folds": 2}))
-    store.ResultsFolder(variants).record_run_info(steps_per_execution=50)
     ablation.write_summary(variants, baseline)
     text = report.ablation_markdown(report.ablation_effects(variants, baseline), variants,
                                     tmp_path)

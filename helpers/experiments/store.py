@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.experiments.params import RESULTS_MARKER, ParameterError, check_project_folder
+from helpers.experiments.params import (
+    RESULTS_MARKER,
+    ParameterError,
+    check_project_folder,
+    check_results_folder,
+)
 
 RUN_INFO = "run_info.json"
 
@@ -104,10 +109,10 @@ def other_settings_error(folder: Path, saved: Mapping, settings: Mapping,
 
 class ResultsFolder:
     """A folder of results the project made (see the module's docstring). Paths given to its
-    methods are relative to it."""
+    methods are relative to it; they write only into a folder holding settings.json."""
 
     def __init__(self, path: str | os.PathLike):
-        """The folder at `path`, to read; `open` checks it before anything is written."""
+        """The folder at `path`; `open` makes it, or checks it, for a run."""
         self.path = Path(path)
 
     @classmethod
@@ -118,7 +123,8 @@ class ResultsFolder:
         saved = folder.settings()
         if saved is None:
             check_project_folder("results_dir", folder.path, RESULTS_MARKER)
-            folder.write_json(RESULTS_MARKER, dict(settings), sort_keys=True)
+            write_text(folder.path / RESULTS_MARKER,
+                       json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
         elif saved != settings:
             raise other_settings_error(folder.path, saved, settings, "Use another results "
                                        "folder, or delete this one to start over.")
@@ -147,14 +153,19 @@ class ResultsFolder:
 
     def write_table(self, name: str, table: pd.DataFrame, index: bool = False) -> None:
         """`table` as CSV (full float repr), atomically."""
-        write_text(self.path / name, table.to_csv(index=index))
+        write_text(self._writable(name), table.to_csv(index=index))
 
     def read_json(self, name: str) -> dict:
         return json.loads((self.path / name).read_text())
 
-    def write_json(self, name: str, data: Mapping, sort_keys: bool = False) -> None:
-        write_text(self.path / name,
-                   json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+    def write_json(self, name: str, data: Mapping) -> None:
+        write_text(self._writable(name), json.dumps(data, indent=2) + "\n")
+
+    def _writable(self, name: str) -> Path:
+        """Where `name` goes; refuses a folder without settings.json (one the project did not
+        make)."""
+        check_results_folder("results_dir", self.path)
+        return self.path / name
 
     def recorded_run_info(self) -> dict:
         """run_info.json's contents; empty if there is none yet."""
