@@ -62,7 +62,7 @@ def main(argv=None):
 
     from helpers.threads import use_threads
 
-    threads = use_threads(args.threads)  # before TensorFlow's runtime starts: the first op
+    threads = use_threads(args.threads)  # before TensorFlow's first op: it makes its pools once
 
     from helpers.data import load_mnist
     from helpers.tooling.benchmark_args import run_stamp
