@@ -329,6 +329,8 @@ def test_summarize_only_refuses_a_baseline_with_other_settings(tmp_path, capsys)
     (["--folds", "1"], "parameter --folds=1 is not allowed: it must be >= 2"),
     (["--threads", "-1"], "parameter --threads=-1 is not allowed: it must be >= 0"),
     (["--steps-per-execution", "0"], "--steps-per-execution=0 is not allowed"),
+    (["--baseline", "no/such/folder"], "--baseline='no/such/folder' is not allowed: it must be a "
+                                       "results folder with a settings.json"),
 ])
 def test_command_line_refuses_bad_numbers(tmp_path, capsys, argv, message):
     from helpers.tooling import run_ablation

@@ -22,7 +22,7 @@ from pathlib import Path
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.experiments import ablation, store
 from helpers.experiments.cv import cross_validate_mnist
-from helpers.experiments.params import ParameterError, check_options
+from helpers.experiments.params import ParameterError, check_options, check_results_folder
 from helpers.threads import use_threads
 from helpers.training import ABLATION_METHODS, METHODS, ablation_variants
 
@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_options(parser, args, {"folds": 2, "epochs": 1, "batch_size": 1, "subset": 0, "seed": 0,
                                  "threads": 0, "steps_per_execution": 1})
+    if args.baseline is not None:  # before hours of training, not after
+        try:
+            check_results_folder("--baseline", args.baseline)
+        except ParameterError as error:
+            parser.error(str(error))
     return args
 
 

@@ -22,14 +22,17 @@ from helpers.training import METHODS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="Train each method once on the training images and test it on the 10,000 "
+                    "MNIST test images; resumable.")
     parser.add_argument("results_dir")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--subset", type=int, default=0, help="0: all 60,000 training images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        metavar="METHOD")
+                        metavar="METHOD",
+                        help="names from helpers.training.METHODS (default: all of them)")
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default)")
     args = parser.parse_args(argv)
