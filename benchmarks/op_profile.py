@@ -60,9 +60,9 @@ def main(argv=None):
     import pandas as pd
     import tensorflow as tf
 
-    if args.threads:  # before TensorFlow's runtime starts, i.e. before the first op
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from helpers.threads import use_threads
+
+    threads = use_threads(args.threads)  # before TensorFlow's first op: it makes its pools once
 
     from helpers.data import load_mnist
     from helpers.tooling.benchmark_args import run_stamp
@@ -104,7 +104,7 @@ def main(argv=None):
               flush=True)
 
     stamp = run_stamp(args, warmup=args.warmup, rounds=args.rounds,
-                      threads=tf.config.threading.get_intra_op_parallelism_threads())
+                      threads=threads["intra_op_threads"])
     result = pd.concat(categories, ignore_index=True).assign(**stamp)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     result.to_csv(args.csv, index=False)

@@ -1,19 +1,26 @@
 """One way to fix TensorFlow's thread pools, for every command and worker that takes
 ``--threads``: committed results reproduce bit for bit with the thread count they were made with
-(README, "Reproducing the results"), so the count is set here and recorded with the results."""
+(tests/test_reproduction.py), so the count is set here and recorded with the results."""
 
 from __future__ import annotations
 
 
 def use_threads(threads: int) -> dict[str, int]:
     """Limit TensorFlow's intra-op and inter-op pools to `threads` each (0 keeps TensorFlow's
-    default: all cores). Call it before TensorFlow runs its first op. Returns the settings in
-    force, as recorded in a results folder's run_info.json."""
+    default: all cores). Call it before TensorFlow runs its first op. Returns `thread_settings`."""
     import tensorflow as tf  # here, so that importing this module loads no framework
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return thread_settings()
+
+
+def thread_settings() -> dict[str, int]:
+    """The intra-op and inter-op thread counts in force (0: TensorFlow's default), as recorded in
+    a results folder's run_info.json."""
+    import tensorflow as tf
+
     return {
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),

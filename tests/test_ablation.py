@@ -4,6 +4,9 @@ loop or the matched loop, each switch doing what its name says; and the effect s
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -12,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.experiments import ablation
+from helpers.experiments import ablation, store
 from helpers.model import create_cnn
 from helpers.training import (
     ABLATION_METHODS,
@@ -25,10 +28,25 @@ from helpers.training import (
     train_tape_loop,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_differences_are_the_four_named_behaviours():
     assert DIFFERENCE_KEYS == ("dropout", "mean_loss", "shuffle", "partial_batch")
     assert all(d.name and d.fit and d.article for d in DIFFERENCES)
+
+
+def test_the_analysis_names_the_variants_as_training_makes_them():
+    assert ablation.VARIANTS == ABLATION_METHODS
+
+
+def test_importing_the_analysis_loads_no_framework():
+    """The ablation's analysis reads CSVs: importing it must not start TensorFlow."""
+    code = ("import sys; import helpers.experiments.ablation; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr
 
 
 def test_each_variant_is_one_switch_away_from_a_baseline():
@@ -159,7 +177,7 @@ def test_effects_use_only_folds_every_method_finished():
 
 
 def _write_folds(folder: Path, folds_per_method: dict[str, int]) -> None:
-    """Fold CSVs as `python -m helpers.experiments.ablation` writes them: 2 epochs each, 3 s per
+    """Fold CSVs as `python -m helpers.tooling.run_ablation` writes them: 2 epochs each, 3 s per
     fold."""
     from helpers.experiments.cv import history_table
 
@@ -194,10 +212,11 @@ def test_summary_files_from_finished_folds(tmp_path):
     values = {"naive": [0.08, 0.07], "fit": [0.03, 0.03], "matched": [0.03, 0.031]}
     _synthetic_table(values).to_csv(baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
+    results = store.ResultsFolder.open(variants, {"folds": 2})
     _write_folds(variants, dict.fromkeys(ABLATION_METHODS[:2], 2))
     with pytest.raises(FileNotFoundError, match="run_info.json is missing"):
         ablation.write_summary(variants, baseline)
-    ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
+    results.record_run_info(steps_per_execution=50)
     info = ablation.write_summary(variants, baseline)
     assert info["finished_runs"] == 4 and info["training_seconds_all_folds"] == 12.0
     assert info["steps_per_execution"] == 50 and info["tensorflow"]
@@ -214,8 +233,6 @@ def test_summary_files_from_finished_folds(tmp_path):
 def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progress):
     """While folds are missing the README block says how far the run is; once every run has
     finished it says so, without "so far"."""
-    import json
-
     from helpers.tooling import report
 
     baseline = tmp_path / "baseline"
@@ -223,17 +240,14 @@ def test_report_says_whether_the_run_is_complete(tmp_path, finished_folds, progr
     _synthetic_table({"naive": [0.08, 0.07], "fit": [0.03, 0.03]}).to_csv(
         baseline / "table.csv", index=False)
     variants = tmp_path / "variants"
+    store.ResultsFolder.open(variants, {"folds": 2}).record_run_info(steps_per_execution=50)
     _write_folds(variants, dict.fromkeys(ABLATION_METHODS, finished_folds))
-    (variants / "settings.json").write_text(json.dumps({"folds": 2}))
-    ablation.record_run(variants, intra_op_threads=1, steps_per_execution=50)
     ablation.write_summary(variants, baseline)
     text = report.ablation_markdown(report.ablation_effects(variants, baseline), variants,
                                     tmp_path)
     assert progress in text
     assert ("so far" in text) == (finished_folds < 2)
 
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _final_val_loss(path: Path) -> pd.Series:
@@ -279,3 +293,61 @@ def test_committed_answer_quotes_the_committed_fold_files():
 
 def test_a_share_that_rounds_to_zero_is_written_0_percent():
     assert [ablation.percent(s) for s in (-0.004, 0.0, 0.834, -0.54)] == ["0%", "0%", "83%", "-54%"]
+
+
+@pytest.mark.pinned
+def test_summarize_only_regenerates_the_committed_tables(tmp_path):
+    """`run_ablation --summarize-only` on a copy of results/ablation writes its tables, figure and
+    run_info.json byte for byte as committed."""
+    from helpers.tooling import run_ablation
+
+    copy = tmp_path / "ablation"
+    shutil.copytree(ROOT / "results/ablation", copy)
+    for name in ("table.csv", "summary.csv", "effects.csv", "gap_closed.png"):
+        (copy / name).unlink()
+    assert run_ablation.main(["--results-dir", str(copy), "--baseline",
+                              str(ROOT / "results/full-scale"), "--summarize-only"]) == 0
+    for name in ("table.csv", "summary.csv", "effects.csv", "gap_closed.png", "run_info.json"):
+        assert (copy / name).read_bytes() == (ROOT / "results/ablation" / name).read_bytes(), name
+    assert not list(copy.rglob("*.tmp"))
+
+
+def test_summarize_only_refuses_a_baseline_with_other_settings(tmp_path, capsys):
+    from helpers.tooling import run_ablation
+
+    variants, baseline = tmp_path / "variants", tmp_path / "baseline"
+    for folder, epochs in ((variants, 2), (baseline, 30)):
+        store.ResultsFolder.open(folder, {"folds": 2, "epochs": epochs})
+    assert run_ablation.main(["--results-dir", str(variants), "--baseline", str(baseline),
+                              "--summarize-only"]) == 2
+    error = capsys.readouterr().err
+    assert f"results folder {baseline} holds results made with other settings" in error
+    assert "epochs: saved 30, now 2" in error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--folds", "1"], "parameter --folds=1 is not allowed: it must be >= 2"),
+    (["--threads", "-1"], "parameter --threads=-1 is not allowed: it must be >= 0"),
+    (["--steps-per-execution", "0"], "--steps-per-execution=0 is not allowed"),
+    (["--baseline", "no/such/folder"], "--baseline='no/such/folder' is not allowed: it must be a "
+                                       "results folder with a settings.json"),
+])
+def test_command_line_refuses_bad_numbers(tmp_path, capsys, argv, message):
+    from helpers.tooling import run_ablation
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_ablation.main(["--results-dir", str(tmp_path / "new"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_no_code_follows_a_main_guard():
+    """A command line's module ends with its ``if __name__ == "__main__":`` block: code after it
+    is not run when the module is executed, only when it is imported."""
+    for path in sorted([*(ROOT / "helpers").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        lines = path.read_text().splitlines()
+        guards = [i for i, line in enumerate(lines) if line.startswith("if __name__ ==")]
+        for guard in guards:
+            after = [line for line in lines[guard + 1:] if line.strip()]
+            assert all(line.startswith((" ", "\t")) for line in after), path

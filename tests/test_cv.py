@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.experiments import cv
+from helpers.experiments import cv, store
 from helpers.experiments.cv import COLUMNS, cross_validate, fold_indices
 
 N, FOLDS, EPOCHS, BATCH, SEED = 103, 4, 3, 8, 7
@@ -268,6 +268,33 @@ def test_other_settings_are_refused(toy_data, tmp_path, change, setting):
     assert setting in message and str(tmp_path) in message
     assert recorder.calls == [] and recorder.model_seeds == []
     assert _files(tmp_path) == before  # nothing rewritten, added or removed
+
+
+def test_run_details_are_recorded_before_training(toy_data, tmp_path):
+    """The ablation's command line records how its variants are trained as soon as the folder is
+    accepted, so a run in progress can already be summarized; a refused folder gets nothing."""
+    recorder = Recorder(interrupt=("fit", 0))
+    with pytest.raises(KeyboardInterrupt):
+        _run(recorder, toy_data, tmp_path / "new", run_details={"steps_per_execution": 50})
+    info = json.loads((tmp_path / "new" / "run_info.json").read_text())
+    assert info["steps_per_execution"] == 50
+    assert {"tensorflow", "intra_op_threads", "inter_op_threads"} <= set(info)
+
+    _run(Recorder(), toy_data, tmp_path / "done")
+    before = _files(tmp_path / "done")
+    with pytest.raises(ValueError, match="other settings"):
+        _run(Recorder(), toy_data, tmp_path / "done", epochs=EPOCHS + 1, run_details={"x": 1})
+    assert _files(tmp_path / "done") == before
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    path = tmp_path / "table.csv"
+    store.write_text(path, "old\n")
+    with pytest.raises(KeyboardInterrupt), store.written_atomically(path) as temporary:
+        temporary.write_text("half")
+        raise KeyboardInterrupt
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
 def test_unknown_method_names_are_refused(toy_data):

@@ -25,3 +25,23 @@ def test_train_and_test_writes_each_method_and_resumes(tmp_path):
     again = heldout.train_and_test({"fit": must_not_train, "naive": must_not_train}, epochs=1,
                                    batch_size=32, subset=100, results_dir=tmp_path, verbose=0)
     assert again[list(heldout.TEST_KEYS)].equals(table[list(heldout.TEST_KEYS)])
+
+
+def test_command_line_writes_the_test_scores(tmp_path, capsys):
+    from helpers.tooling import run_heldout
+
+    assert run_heldout.main([str(tmp_path), "--epochs", "1", "--batch-size", "32", "--subset",
+                             "100", "--methods", "naive"]) == 0
+    scores = (tmp_path / "test_scores.csv").read_text().splitlines()
+    assert scores[0] == "method,epoch,loss,accuracy,test_loss,test_accuracy"
+    assert scores[1].startswith("naive,1,")
+    assert "test_accuracy" in capsys.readouterr().out
+
+
+def test_command_line_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    from helpers.tooling import run_heldout
+
+    (tmp_path / "notes.txt").write_text("not ours\n")
+    assert run_heldout.main([str(tmp_path), "--epochs", "1", "--subset", "100"]) == 2
+    assert "parameter results_dir=" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -3,9 +3,10 @@ anything else (``-p results_dir /etc``) is refused before training, naming the p
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
-from helpers.experiments import cv, heldout
+from helpers.experiments import cv, heldout, store
 from helpers.experiments.params import OUTPUT_MARKER, SMOKE_ENV, validate_parameters
 
 VALID = dict(epochs=1, batch_size=8, seed=0, subset=100, folds=2)
@@ -88,3 +89,13 @@ def test_held_out_test_refuses_before_training(foreign_folder):
     with pytest.raises(ValueError, match="results_dir="):
         heldout.train_and_test(["fit"], epochs=1, batch_size=8, subset=100,
                                model_fn=must_not_build, results_dir=foreign_folder, verbose=0)
+
+
+def test_the_store_writes_only_into_a_results_folder_the_project_made(foreign_folder):
+    """Every writer of helpers.experiments.store refuses a folder without settings.json."""
+    results = store.ResultsFolder(foreign_folder)
+    with pytest.raises(ValueError, match="parameter results_dir=.*settings.json"):
+        results.write_table("table.csv", pd.DataFrame({"a": [1]}))
+    with pytest.raises(ValueError, match="parameter results_dir=.*settings.json"):
+        results.write_json("run_info.json", {})
+    assert sorted(p.name for p in foreign_folder.iterdir()) == ["notes.txt"]

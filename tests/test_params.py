@@ -1,11 +1,18 @@
-"""helpers.experiments.params.validate_parameters: bad papermill values stop the run with a clear
-ValueError."""
+"""helpers.experiments.params: bad papermill values (validate_parameters) and bad values of the
+command lines (the checkers) stop the run with a clear ValueError."""
 
 from __future__ import annotations
 
 import pytest
 
-from helpers.experiments.params import SMOKE_ENV, validate_parameters
+from helpers.experiments.params import (
+    SMOKE_ENV,
+    ParameterError,
+    check_integer,
+    check_number,
+    validate_ablation_parameters,
+    validate_parameters,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -129,3 +136,64 @@ def test_smoke_test_off(monkeypatch, setting):
     monkeypatch.setenv(SMOKE_ENV, setting)
     checked = validate_parameters(**{**VALID, "epochs": 30, "subset": 0})
     assert (checked["epochs"], checked["subset"], checked["folds"]) == (30, None, 5)
+
+
+@pytest.mark.parametrize("value, allowed", [
+    (0, "it must be from 1 to 3"),
+    (4, "it must be from 1 to 3"),
+    (2.0, "it must be a whole number (an int), got float"),
+    (True, "it must be a whole number (an int), got bool"),
+])
+def test_check_integer_names_parameter_value_and_what_is_allowed(value, allowed):
+    with pytest.raises(ParameterError) as info:
+        check_integer("workers", value, 1, 3)
+    assert str(info.value) == f"parameter workers={value!r} is not allowed: {allowed}"
+
+
+def test_check_integer_returns_the_value():
+    assert check_integer("seed", 7, 0) == 7
+    assert check_integer("folds", 3, 2, 3) == 3
+
+
+@pytest.mark.parametrize("value, bounds, allowed", [
+    (0, dict(above=0), "it must be > 0"),
+    (-1.5, dict(above=0), "it must be > 0"),
+    (1, dict(minimum=0, below=1), "it must be >= 0 and < 1"),
+    (-0.1, dict(minimum=0, below=1), "it must be >= 0 and < 1"),
+    (float("nan"), dict(minimum=0), "it must be >= 0"),
+    ("5", dict(above=0), "it must be a number, got str"),
+    (True, dict(above=0), "it must be a number, got bool"),
+])
+def test_check_number_names_parameter_value_and_what_is_allowed(value, bounds, allowed):
+    with pytest.raises(ParameterError) as info:
+        check_number("timeout", value, **bounds)
+    assert str(info.value) == f"parameter timeout={value!r} is not allowed: {allowed}"
+
+
+def test_check_number_accepts_ints_and_floats_within_bounds():
+    assert check_number("timeout", 300, above=0) == 300
+    assert check_number("dropout", 0.0, minimum=0, below=1) == 0.0
+
+
+def test_distributed_parameters_use_the_same_checks():
+    from helpers.tooling.launcher import validate_distributed_parameters
+
+    validate_distributed_parameters(train_images=64, val_images=16, workers=2, timeout=60)
+    with pytest.raises(ParameterError, match="parameter workers=1 is not allowed: it must be >= 2"):
+        validate_distributed_parameters(train_images=64, val_images=16, workers=1, timeout=60)
+    with pytest.raises(ParameterError, match="parameter timeout=0 is not allowed: it must be > 0"):
+        validate_distributed_parameters(train_images=64, val_images=16, workers=2, timeout=0)
+
+
+def test_ablation_parameters(tmp_path):
+    (tmp_path / "settings.json").write_text("{}\n")
+    checked = validate_ablation_parameters(ablation_folds=2, folds=2, full_scale_dir=tmp_path,
+                                           baseline_dir=str(tmp_path))
+    assert checked == {"ablation_folds": 2, "full_scale_dir": tmp_path, "baseline_dir": tmp_path}
+    with pytest.raises(ParameterError, match="parameter ablation_folds=3 .* from 1 to 2"):
+        validate_ablation_parameters(ablation_folds=3, folds=2, full_scale_dir=tmp_path,
+                                     baseline_dir=tmp_path)
+    empty = tmp_path / "empty"
+    with pytest.raises(ParameterError, match=f"parameter baseline_dir={str(empty)!r} .* settings"):
+        validate_ablation_parameters(ablation_folds=1, folds=2, full_scale_dir=tmp_path,
+                                     baseline_dir=empty)

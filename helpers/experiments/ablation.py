@@ -16,30 +16,25 @@ share of the article's-loop-to-fit gap that the variant closes::
 1 means the variant is as good as fit, 0 as bad as the article's loop. For an added fix it is
 the share that fix closes; for a removed one, 1 - (gap closed) is the share removing it reopens.
 
-The article's scale (10 folds, 30 epochs, batch 64, all 60,000 training images) takes hours on
-two cores; it runs resumably, fold by fold, and reads fit / naive / matched back from the
-committed results instead of retraining them::
-
-    python -m helpers.experiments.ablation --results-dir results/ablation --baseline
-    results/full-scale
-    python -m helpers.experiments.ablation ... --summarize-only   # tables and figure from the
-    finished folds
+This module is the analysis: it reads fold tables and writes tables and a figure, and importing
+it loads no framework. The variants are trained at the article's scale (hours on two cores) by
+the command line `helpers.tooling.run_ablation`, resumably and fold by fold; it reads fit / naive /
+matched back from the committed results instead of retraining them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
-from helpers.training import ABLATION_METHODS, DIFFERENCES, ablation_variants
+from helpers.differences import DIFFERENCE_KEYS, DIFFERENCES
+from helpers.experiments import store
 
+# The variants' names in helpers.training.ABLATION_METHODS's order (a test checks they agree),
+# spelled out here because importing helpers.training loads TensorFlow.
+VARIANTS = (*(f"naive+{key}" for key in DIFFERENCE_KEYS),
+            *(f"matched-{key}" for key in DIFFERENCE_KEYS))
 BASELINES = ("naive", "fit", "matched")
 MEASURES = {
     "final_val_loss": "final val loss",
@@ -70,7 +65,7 @@ def per_fold_measures(table: pd.DataFrame) -> pd.DataFrame:
     return measures.reset_index()
 
 
-def effects(table: pd.DataFrame, variants=ABLATION_METHODS) -> pd.DataFrame:
+def effects(table: pd.DataFrame, variants=VARIANTS) -> pd.DataFrame:
     """For every variant in `table` and every measure: the paired difference to the article's
     loop and to fit (mean, corrected 95% CI, sign-flip p), and the share of the gap closed.
     Only folds that every compared method has finished are used."""
@@ -104,23 +99,6 @@ def _effect_columns() -> list[str]:
             *(f"{prefix}_{stat}" for prefix in ("vs_naive", "vs_fit", "gap_closed")
               for stat in stats),
             *(f"{name}_{stat}" for name in ("variant", "naive", "fit") for stat in ("mean", "std"))]
-
-
-def check_parameters(*, ablation_folds: int, folds: int, full_scale_dir: str,
-                     baseline_dir: str) -> dict:
-    """Notebook 05's own parameters: a ValueError naming the parameter when one is wrong."""
-    if isinstance(ablation_folds, bool) or not isinstance(ablation_folds, int) or not (
-            1 <= ablation_folds <= folds):
-        raise ValueError(f"parameter ablation_folds={ablation_folds!r} is not allowed: it must be "
-                         f"a whole number from 1 to folds ({folds})")
-    checked = {"ablation_folds": ablation_folds}
-    for name, folder in (("full_scale_dir", full_scale_dir), ("baseline_dir", baseline_dir)):
-        path = Path(folder)
-        if not (path / "settings.json").is_file():
-            raise ValueError(f"parameter {name}={folder!r} is not allowed: it must be a results "
-                             f"folder with a settings.json (the committed one is the default)")
-        checked[name] = path
-    return checked
 
 
 def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss", path=None,
@@ -157,8 +135,8 @@ def plot_gap_closed(effect_table: pd.DataFrame, measure: str = "final_val_loss",
     ax.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        with store.written_atomically(path) as temporary:
+            figure.savefig(temporary, format=Path(path).suffix[1:], dpi=120)
     return figure
 
 
@@ -183,114 +161,52 @@ def combined_table(results_dir: Path, baseline_dir: Path | None,
 
 def only_complete_folds(table: pd.DataFrame) -> pd.DataFrame:
     """`table` with the variants' runs limited to the folds every variant has finished."""
-    keep = ~table["method"].isin(ABLATION_METHODS) | table["fold"].isin(complete_folds(table))
+    keep = ~table["method"].isin(VARIANTS) | table["fold"].isin(complete_folds(table))
     return table[keep].reset_index(drop=True)
 
 
 def complete_folds(table: pd.DataFrame) -> list[int]:
     """The folds that every variant in `table` has finished."""
-    variants = table[table["method"].isin(ABLATION_METHODS)]
+    variants = table[table["method"].isin(VARIANTS)]
     per_variant = variants.groupby("method")["fold"].unique()
     if per_variant.empty:
         return []
     return sorted(set.intersection(*(set(folds) for folds in per_variant)))
 
 
-def _check_same_settings(results_dir: Path, baseline_dir: Path) -> None:
-    ours = json.loads((results_dir / "settings.json").read_text())
-    theirs = json.loads((baseline_dir / "settings.json").read_text())
-    if ours != theirs:
-        raise ValueError(f"{results_dir} and {baseline_dir} were made with different settings; "
-                         "the variants must share the baselines' folds and initial weights")
-
-
-def record_run(results_dir: Path, **run) -> None:
-    """run_info.json: the machine, library versions and how the variants are trained."""
-    from helpers.experiments.cv import run_info
-
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / "run_info.json"
-    earlier = json.loads(path.read_text()) if path.exists() else {}  # keeps the summary's fields
-    path.write_text(json.dumps({**earlier, **run_info(), **run}, indent=2) + "\n")
-
-
 def write_summary(results_dir: Path, baseline_dir: Path | None) -> dict:
     """table.csv (every finished run of the variants); summary.csv, effects.csv and
     gap_closed.png from the folds every variant has finished; the summed training time, the
-    number of finished runs and of complete folds in run_info.json (written by `record_run`)."""
+    number of finished runs and of complete folds in run_info.json (which the run that trained
+    the variants wrote). Every file is written atomically."""
     from helpers.experiments.compare import summarize
 
+    results = store.ResultsFolder(results_dir)
+    if not (results.path / store.RUN_INFO).exists():
+        raise FileNotFoundError(f"{results.path / store.RUN_INFO} is missing: it records how the "
+                                "variants were trained")
     finished = combined_table(results_dir, baseline_dir, complete_folds_only=False)
-    variants = finished[finished["method"].isin(ABLATION_METHODS)]
-    order = {name: i for i, name in enumerate(ABLATION_METHODS)}
+    missing = sorted({"naive", "fit"} - set(finished["method"]))
+    if missing:
+        raise FileNotFoundError(f"no runs of {' and '.join(missing)} in "
+                                f"{baseline_dir or results_dir} to compare the variants with; "
+                                "give the baselines' results folder, e.g. results/full-scale")
+    variants = finished[finished["method"].isin(VARIANTS)]
+    order = {name: i for i, name in enumerate(VARIANTS)}
     variants = variants.sort_values(
         ["method", "fold", "epoch"], key=lambda c: c.map(order) if c.name == "method" else c)
-    variants.to_csv(results_dir / "table.csv", index=False)
+    results.write_table("table.csv", variants)
     combined = only_complete_folds(finished)
-    summarize(combined).to_csv(results_dir / "summary.csv")
+    results.write_table("summary.csv", summarize(combined), index=True)
     effect_table = effects(combined)
-    effect_table.to_csv(results_dir / "effects.csv", index=False)
-    plot_gap_closed(effect_table, path=results_dir / "gap_closed.png")
-    info_path = results_dir / "run_info.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"{info_path} is missing: it records how the variants were trained")
-    info = json.loads(info_path.read_text())
+    results.write_table("effects.csv", effect_table)
+    plot_gap_closed(effect_table, path=results.path / "gap_closed.png")
+    info = results.recorded_run_info()
     info["training_seconds_all_folds"] = round(float(variants["seconds"].sum()), 1)
     info["finished_runs"] = int(variants.groupby(["method", "fold"]).ngroups)
     info["complete_folds"] = len(complete_folds(variants))
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    results.write_json(store.RUN_INFO, info)
     return info
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Cross-validate the ablation's 8 variants.")
-    parser.add_argument("--results-dir", type=Path, required=True)
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="results folder with fit/naive/matched (same settings), read back")
-    parser.add_argument("--folds", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--subset", type=int, default=0, help="0: all 60,000 training images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow intra-op threads (0: TensorFlow's default)")
-    parser.add_argument("--steps-per-execution", type=int, default=1,
-                        help="batches per compiled call; bit-identical results, less overhead")
-    parser.add_argument("--variants", nargs="+", choices=ABLATION_METHODS, default=None,
-                        metavar="VARIANT",
-                        help="train only these variants (default: all 8); lets two "
-                             "single-thread processes share the folds' work")
-    parser.add_argument("--summarize-only", action="store_true")
-    args = parser.parse_args(argv)
-
-    if not args.summarize_only:
-        import tensorflow as tf
-
-        from helpers.experiments.cv import cross_validate_mnist
-        from helpers.training import METHODS
-
-        if args.threads:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-        methods = {name: partial(METHODS[name], steps_per_execution=args.steps_per_execution)
-                   for name in args.variants or ablation_variants()}
-        record_run(args.results_dir, intra_op_threads=args.threads or "default",
-                   steps_per_execution=args.steps_per_execution)
-        started = time.perf_counter()
-        cross_validate_mnist(methods, folds=args.folds, epochs=args.epochs,
-                             batch_size=args.batch_size, subset=args.subset, seed=args.seed,
-                             results_dir=args.results_dir)
-        print(f"all folds finished; this invocation took {time.perf_counter() - started:.0f} s")
-    if args.baseline is not None:
-        _check_same_settings(args.results_dir, args.baseline)
-    info = write_summary(args.results_dir, args.baseline)
-    print(f"{info['finished_runs']} of {len(ABLATION_METHODS) * args.folds} (variant, fold) runs "
-          f"finished; tables and figure in {args.results_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def percent(share: float) -> str:

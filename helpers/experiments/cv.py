@@ -5,19 +5,17 @@ sees the same folds; fold f's model is built with ``model_fn(seed=seed + f)`` fo
 every method starts fold f from the same initial weights. It returns one tidy table, a row per
 method x fold x epoch.
 
-With a `results_dir`, each finished (method, fold) is written at once to
-``results_dir/<method>/fold_<f>.csv``; a rerun of an interrupted run reads the finished folds
-instead of training them again. ``results_dir/settings.json`` records what the results were made
-with: a folder made with other settings is refused, never mixed in, and so is a non-empty folder
-without it (one the project did not make).
+With a `results_dir` (a `helpers.experiments.store.ResultsFolder`), each finished (method, fold)
+is written at once to ``results_dir/<method>/fold_<f>.csv``; a rerun of an interrupted run reads
+the finished folds instead of training them again. ``results_dir/settings.json`` records what the
+results were made with: a folder made with other settings is refused, never mixed in, and so is a
+non-empty folder without it (one the project did not make).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.data import class_ids, load_mnist
-from helpers.experiments.params import RESULTS_MARKER, check_project_folder
+from helpers.experiments import store
 from helpers.model import create_cnn
 from helpers.training import HISTORY_KEYS, METHODS
 
@@ -56,61 +54,9 @@ def results_dir_for(base: str | os.PathLike, **settings) -> Path:
     return Path(base) / name
 
 
-def _check_or_write_settings(results_dir: Path, settings: dict) -> None:
-    """Refuse a folder made with other settings, or not made by the project (a non-empty
-    folder without settings.json); otherwise record the settings."""
-    path = results_dir / RESULTS_MARKER
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != settings:
-            differences = ", ".join(
-                f"{key}: saved {saved.get(key)!r}, now {settings.get(key)!r}"
-                for key in sorted(set(saved) | set(settings))
-                if saved.get(key) != settings.get(key)
-            )
-            raise ValueError(
-                f"results folder {results_dir} holds results made with other settings "
-                f"({differences}). Use another results folder, or delete this one to start over."
-            )
-        return
-    check_project_folder("results_dir", results_dir, RESULTS_MARKER)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file and rename it, so a killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def history_table(history: Mapping[str, list], method: str, fold: int) -> pd.DataFrame:
-    epochs = len(history["loss"])
-    table = pd.DataFrame({key: history[key] for key in (*HISTORY_KEYS, "seconds")})
-    table.insert(0, "epoch", np.arange(1, epochs + 1))
-    table.insert(0, "fold", fold)
-    table.insert(0, "method", method)
-    return table[COLUMNS]
-
-
-def run_info() -> dict:
-    """Machine and library versions, stored beside the results."""
-    import keras
-    import sklearn
-    import tensorflow as tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "system": platform.platform(),
-    }
+    """One fold's History as rows of `COLUMNS`, one per epoch."""
+    return store.history_table(history, (*HISTORY_KEYS, "seconds"), method=method, fold=fold)
 
 
 def cross_validate(
@@ -127,6 +73,7 @@ def cross_validate(
     settings: Mapping | None = None,
     verbose: int = 1,
     first_folds: int | None = None,
+    run_details: Mapping | None = None,
 ) -> pd.DataFrame:
     """Train every method on every fold; return a row per method x fold x epoch.
 
@@ -135,7 +82,9 @@ def cross_validate(
     subset, ...) to what `results_dir/settings.json` records and checks. `verbose`: 0 silent,
     1 one line per fold and method (its last epoch's History values, in `HISTORY_KEYS` order),
     2 also Keras-style progress bars. `first_folds`: train (or read back) only the first this many
-    of the `folds` folds -- the same folds as a full run, fewer of them.
+    of the `folds` folds -- the same folds as a full run, fewer of them. `run_details` (with a
+    `results_dir`): recorded in its run_info.json, with the machine, versions and thread settings,
+    as soon as the folder is accepted -- before any training.
     """
     if not isinstance(methods, Mapping):
         unknown = [name for name in methods if name not in METHODS]
@@ -143,26 +92,26 @@ def cross_validate(
             raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
         methods = {name: METHODS[name] for name in methods}
     splits = fold_indices(y, folds, seed)
-    results_path = Path(results_dir) if results_dir is not None else None
-    if results_path is not None:
-        _check_or_write_settings(results_path, {
+    results = None
+    if results_dir is not None:
+        results = store.ResultsFolder.open(results_dir, {
             **dict(settings or {}),
             "folds": folds, "epochs": epochs, "batch_size": batch_size, "seed": seed,
             "model": getattr(model_fn, "__name__", str(model_fn)),
             "samples": len(x), "data_sha256": data_fingerprint(x, y),
         })
+        if run_details is not None:
+            results.record_run_info(**run_details)
     tables = []
     # Fold-major order: after any number of finished folds, every method has the same folds, so
     # a partial run can already be compared pairwise.
     for fold, (train_idx, val_idx) in enumerate(splits[:first_folds]):
         for method, train in methods.items():
-            fold_file = results_path / method / f"fold_{fold:02d}.csv" if results_path else None
-            if fold_file is not None and fold_file.exists():
-                # round_trip: pandas 2's default parser can change a float's last digit, and a
-                # resumed run must equal an uninterrupted one (pandas 3 round-trips anyway).
-                tables.append(pd.read_csv(fold_file, float_precision="round_trip"))
-                if verbose:
-                    print(f"fold {fold + 1}/{folds} {method}: finished earlier, read {fold_file}")
+            fold_file = f"{method}/fold_{fold:02d}.csv"
+            finished = store.read_finished(results, fold_file, f"fold {fold + 1}/{folds} {method}",
+                                           verbose)
+            if finished is not None:
+                tables.append(finished)
                 continue
             model = model_fn(seed=seed + fold)
             started = time.perf_counter()
@@ -177,11 +126,8 @@ def cross_validate(
                 print(f"fold {fold + 1}/{folds} {method}: {epochs} epochs on {len(train_idx)} "
                       f"images in {time.perf_counter() - started:.0f} s; last epoch: "
                       + ", ".join(f"{key} {last[key]:.4f}" for key in HISTORY_KEYS), flush=True)
-            if fold_file is not None:
-                fold_file.parent.mkdir(parents=True, exist_ok=True)
-                for leftover in fold_file.parent.glob(f".{fold_file.name}.*.tmp"):
-                    leftover.unlink()  # from a run killed while writing this fold
-                _write_atomically(fold_file, table.to_csv(index=False))
+            if results is not None:
+                results.write_table(fold_file, table)
             tables.append(table)
     combined = pd.concat(tables, ignore_index=True)
     order = {name: i for i, name in enumerate(methods)}
@@ -201,6 +147,7 @@ def cross_validate_mnist(
     results_dir: str | os.PathLike | None = None,
     verbose: int = 1,
     first_folds: int | None = None,
+    run_details: Mapping | None = None,
 ) -> pd.DataFrame:
     """`cross_validate` on MNIST's 60,000 training images (or a stratified `subset` of them,
     drawn with `seed`) with the article's CNN. The 10,000 test images stay out of it."""
@@ -209,7 +156,7 @@ def cross_validate_mnist(
     return cross_validate(
         methods, x, y, folds=folds, epochs=epochs, batch_size=batch_size, seed=seed,
         model_fn=create_cnn, results_dir=results_dir, verbose=verbose, first_folds=first_folds,
-        settings={"dataset": "mnist", "split": "train", "subset": subset},
+        run_details=run_details, settings={"dataset": "mnist", "split": "train", "subset": subset},
     )
 
 

@@ -1,8 +1,10 @@
-"""One check for every notebook's papermill parameters.
+"""One check for every parameter: the notebooks' papermill parameters and the command lines'.
 
 Every notebook passes its parameters cell through `validate_parameters` right after it, so a bad
-``papermill -p`` value stops the run at once with a ValueError that names the parameter, the value
-and what is allowed -- before anything is trained or written.
+``papermill -p`` value stops the run at once with a `ParameterError` (a ValueError) that names the
+parameter, the value and what is allowed -- before anything is trained or written. The checkers it
+is made of (`check_integer`, `check_number`, `check_project_folder`, `check_results_folder`) serve
+the command lines and notebooks 05 and 08 as well. Importing this module loads no framework.
 
 Setting the environment variable ``TAPE_VS_FIT_SMOKE=1`` shrinks folds, epochs and subset to a
 seconds-long configuration; the test suite uses it to execute every notebook quickly (nbval runs
@@ -11,49 +13,94 @@ notebooks as committed, without papermill parameters).
 
 from __future__ import annotations
 
+import argparse
 import math
+import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from helpers.data import NUM_CLASSES
-from helpers.training import METHODS
 
 DATASETS = {"mnist": 60_000}  # name -> images in the pool that is cross-validated
 SMOKE_ENV = "TAPE_VS_FIT_SMOKE"
 SMOKE_LIMITS = {"folds": 2, "epochs": 2, "subset": 600}
 # What marks a folder as the project's own: a results folder holds the settings it was made with
-# (helpers.experiments.cv writes it first); an output folder gets a marker file when the project
-# makes it.
+# (helpers.experiments.store writes it first); an output folder gets a marker file when the
+# project makes it.
 RESULTS_MARKER = "settings.json"
 OUTPUT_MARKER = ".tape-vs-fit-output"
+COMPARISONS = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
 PROJECT_OUTPUT = Path(__file__).resolve().parent.parent / "output"  # the repository's own, ignored
 
 
-def _fail(name, value, allowed):
-    raise ValueError(f"parameter {name}={value!r} is not allowed: {allowed}")
+class ParameterError(ValueError):
+    """A parameter's value is not allowed; the message names the parameter, the value and what is
+    allowed. The command lines print it without a traceback."""
 
 
-def _integer(name, value, minimum, maximum=None):
+def refuse(name: str, value, allowed: str):
+    """Raise the one message every check gives: parameter, value, what is allowed."""
+    raise ParameterError(f"parameter {name}={value!r} is not allowed: {allowed}")
+
+
+def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    """`value` must be an int (not a bool) from `minimum` to `maximum` (inclusive; no upper
+    bound without it). Returns it."""
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(name, value, f"it must be a whole number (an int), got {type(value).__name__}")
+        refuse(name, value, f"it must be a whole number (an int), got {type(value).__name__}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-        _fail(name, value, f"it must be {bound}")
+        refuse(name, value, f"it must be {bound}")
     return value
+
+
+def check_number(name: str, value, *, minimum: float | None = None, above: float | None = None,
+                 below: float | None = None) -> float:
+    """`value` must be an int or float (not a bool) that is >= `minimum`, > `above` and < `below`
+    (each bound only when given). Returns it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        refuse(name, value, f"it must be a number, got {type(value).__name__}")
+    bounds = [(sign, bound) for sign, bound in ((">=", minimum), (">", above), ("<", below))
+              if bound is not None]
+    if not all(COMPARISONS[sign](value, bound) for sign, bound in bounds):
+        allowed = " and ".join(f"{sign} {bound}" for sign, bound in bounds)
+        refuse(name, value, f"it must be {allowed}")
+    return value
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  minimums: Mapping[str, int]) -> None:
+    """A command line's whole-number options (`minimums`: option's dest -> least value allowed):
+    a value below ends the program with the parser's usage and the message (exit code 2, no
+    traceback)."""
+    try:
+        for name, minimum in minimums.items():
+            check_integer(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+    except ParameterError as error:
+        parser.error(str(error))
 
 
 def check_project_folder(name: str, path, marker: str) -> Path:
     """Refuse a folder the project must not write into: `path` must be new, empty, or hold
-    `marker` (the project made it). Raises a ValueError naming parameter `name`; returns the
+    `marker` (the project made it). Raises a ParameterError naming parameter `name`; returns the
     path. Nothing is created here."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        _fail(name, str(path), "it is a file; give a new folder, an empty one, or one this "
-              "project made")
+        refuse(name, str(path), "it is a file; give a new folder, an empty one, or one this "
+               "project made")
     if folder.is_dir() and not (folder / marker).exists() and any(folder.iterdir()):
-        _fail(name, str(path), f"the folder is not empty and this project did not make it (no "
-              f"{marker} in it); give a new folder, an empty one, or one this project made")
+        refuse(name, str(path), f"the folder is not empty and this project did not make it (no "
+               f"{marker} in it); give a new folder, an empty one, or one this project made")
+    return folder
+
+
+def check_results_folder(name: str, path) -> Path:
+    """`path` must be a results folder the project made (one holding its settings.json), to read
+    results from. Returns it as a Path."""
+    folder = Path(path)
+    if not (folder / RESULTS_MARKER).is_file():
+        refuse(name, str(path), f"it must be a results folder with a {RESULTS_MARKER}")
     return folder
 
 
@@ -93,22 +140,24 @@ def validate_parameters(
       project's. Anything else, e.g. ``/etc``, is refused before anything is trained or written.
     Other keyword arguments (paths, flags) are passed through unchanged.
     """
+    from helpers.training import METHODS  # here: importing this module loads no framework
+
     if dataset not in DATASETS:
-        _fail("dataset", dataset, f"it must be one of {sorted(DATASETS)}")
+        refuse("dataset", dataset, f"it must be one of {sorted(DATASETS)}")
     if folds is not None:
-        _integer("folds", folds, 2)
-    _integer("epochs", epochs, 1)
-    _integer("seed", seed, 0)
+        check_integer("folds", folds, 2)
+    check_integer("epochs", epochs, 1)
+    check_integer("seed", seed, 0)
     if methods is not None:
         if isinstance(methods, str):
-            _fail("methods", methods, "it must be a list of names, e.g. ['fit', 'naive']")
+            refuse("methods", methods, "it must be a list of names, e.g. ['fit', 'naive']")
         methods = list(methods)
         unknown = [name for name in methods if name not in METHODS]
         if not methods or unknown:
-            _fail("methods", methods, f"it must be a non-empty list from {sorted(METHODS)}")
+            refuse("methods", methods, f"it must be a non-empty list from {sorted(METHODS)}")
     pool = DATASETS[dataset]
     if subset is not None and subset != 0:
-        _integer("subset", subset, NUM_CLASSES * (folds or 2), pool)
+        check_integer("subset", subset, NUM_CLASSES * (folds or 2), pool)
     if smoke_test():
         folds = min(folds, SMOKE_LIMITS["folds"]) if folds is not None else None
         epochs = min(epochs, SMOKE_LIMITS["epochs"])
@@ -124,7 +173,7 @@ def validate_parameters(
     images = subset or pool
     # Cross-validation trains on all but the largest fold; a single split on all but a fifth.
     training_images = images - math.ceil(images / (folds or 5))
-    _integer("batch_size", batch_size, 1, training_images)
+    check_integer("batch_size", batch_size, 1, training_images)
     checked = dict(others, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
                    subset=subset or None)
     if folds is not None:
@@ -134,3 +183,15 @@ def validate_parameters(
     if others.get("output_dir") is not None:
         prepare_output_dir(others["output_dir"])
     return checked
+
+
+def validate_ablation_parameters(*, ablation_folds: int, folds: int, full_scale_dir,
+                                 baseline_dir) -> dict:
+    """Notebook 05's own parameters: `ablation_folds` from 1 to `folds` (the validated count);
+    `full_scale_dir` and `baseline_dir` results folders the project made. Returns them, the
+    folders as Paths."""
+    return {
+        "ablation_folds": check_integer("ablation_folds", ablation_folds, 1, folds),
+        "full_scale_dir": check_results_folder("full_scale_dir", full_scale_dir),
+        "baseline_dir": check_results_folder("baseline_dir", baseline_dir),
+    }

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from helpers.data import load_mnist
+from helpers.experiments.params import ParameterError, check_integer, check_number
 from helpers.model import ARTICLE_DROPOUT
 from helpers.threads import use_threads
 from helpers.tooling.private_network import LoopbackNetwork
@@ -117,18 +118,13 @@ def max_history_difference(history_a, history_b) -> float:
 
 def validate_distributed_parameters(*, train_images: int, val_images: int, workers: int,
                                     timeout: float) -> None:
-    """Notebook 08's own parameters (the shared ones go through helpers.experiments.params): image
-    counts
-    >= 1, `workers` >= 2 (one worker is no cluster), `timeout` seconds > 0. A ValueError names
-    the parameter otherwise."""
-    for name, value, minimum in (("train_images", train_images, 1), ("val_images", val_images, 1),
-                                 ("workers", workers, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"parameter {name}={value!r} is not allowed: it must be a whole "
-                             f"number >= {minimum}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"parameter timeout={timeout!r} is not allowed: it must be a number of "
-                         "seconds > 0")
+    """Notebook 08's own parameters (the shared ones go through
+    helpers.experiments.params.validate_parameters): image counts >= 1, `workers` >= 2 (one
+    worker is no cluster), `timeout` seconds > 0. A ValueError names the parameter otherwise."""
+    check_integer("train_images", train_images, 1)
+    check_integer("val_images", val_images, 1)
+    check_integer("workers", workers, 2)
+    check_number("timeout", timeout, above=0)
 
 
 def tf_config(hosts: list[str], index: int) -> str:
@@ -307,11 +303,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.out = Path(tempfile.mkdtemp(prefix="tape-vs-fit-distributed-"))
     if "matched" in args.trainers and args.workers:
         parser.error("--trainers matched runs on one device; use it with --replicas")
-    for name in ("epochs", "samples", "val_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 <= args.dropout < 1:
-        parser.error("--dropout must be in [0, 1)")
+    try:
+        for name in ("epochs", "samples", "val_samples", "batch_size"):
+            check_integer(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+        check_number("--dropout", args.dropout, minimum=0, below=1)
+    except ParameterError as error:
+        parser.error(str(error))
     return args
 
 

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results folder written by notebook 04")
     parser.add_argument("--ablation", type=Path, default=None,
-                        help="results folder of python -m helpers.experiments.ablation "
+                        help="results folder of python -m helpers.tooling.run_ablation "
                              "(same settings)")
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK_02,

@@ -1,0 +1,69 @@
+"""The committed full-scale run reproduces bit for bit: fold 0's first epoch, retrained.
+
+results/full-scale was made by notebook 04 (papermill, 10 folds, 30 epochs, batch 64, all 60,000
+training images, seed 0) with TensorFlow's default thread pools: as many threads as cores, 2 on
+the machine of its run_info.json. With 2 intra-op and 2 inter-op threads, fold 0's first epoch of
+fit, the article's loop and the matched loop gives the committed History values exactly; with
+1 thread it does not (e.g. fit's val_loss 0.08561541885137558 against the committed
+0.08610266447067261: a different summation order), so the test sets 2 threads, in a fresh
+process because TensorFlow makes its thread pools once per process.
+
+The folds and the per-fold initial weights come from `cross_validate_mnist` itself (its
+`first_folds`), with one epoch instead of 30: every method draws its epochs' batch orders in
+sequence, so the first epoch does not depend on how many follow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.experiments.store import ResultsFolder
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL_SCALE = ResultsFolder(ROOT / "results" / "full-scale")
+METHODS = ("fit", "naive", "matched")
+COMPARED = ("loss", "accuracy", "val_loss", "val_accuracy")
+THREADS = 2  # TensorFlow's default on the machine that made the committed run
+
+RETRAIN = """
+import json, sys
+import helpers.notebook.quiet_tensorflow
+from helpers.threads import use_threads
+use_threads({threads})
+from helpers.data import load_mnist
+from helpers.experiments.cv import cross_validate_mnist, data_fingerprint
+settings = json.loads(sys.argv[1])
+x, y = load_mnist("train", subset=settings["subset"], seed=settings["seed"])
+table = cross_validate_mnist(
+    {methods}, folds=settings["folds"], epochs=1, batch_size=settings["batch_size"],
+    subset=settings["subset"], seed=settings["seed"], first_folds=1, verbose=0)
+print(json.dumps({{"data_sha256": data_fingerprint(x, y),
+                  "rows": table.to_dict(orient="records")}}))
+"""
+
+
+@pytest.mark.pinned
+def test_fold_0_epoch_1_reproduces_the_committed_run_exactly():
+    settings = FULL_SCALE.settings()
+    result = subprocess.run(
+        [sys.executable, "-c", RETRAIN.format(threads=THREADS, methods=list(METHODS)),
+         json.dumps(settings)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    retrained = json.loads(result.stdout.splitlines()[-1])
+    assert retrained["data_sha256"] == settings["data_sha256"], "not the committed run's images"
+    differences = []
+    for row in retrained["rows"]:
+        committed = FULL_SCALE.read_table(f"{row['method']}/fold_00.csv").iloc[0]
+        assert (committed["fold"], committed["epoch"]) == (0, 1)
+        differences += [f"{row['method']} {key}: retrained {row[key]!r}, committed "
+                        f"{float(committed[key])!r}"
+                        for key in COMPARED if row[key] != committed[key]]
+    assert sorted(row["method"] for row in retrained["rows"]) == sorted(METHODS)
+    assert not differences, "\n".join(differences)
