@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="profiled epochs per method, taking turns; the median one is kept")
     parser.add_argument("--methods", nargs="+", choices=list(BENCHMARK_METHODS),
-                        default=DEFAULT_METHODS, metavar="METHOD", help="any of: " + ", ".join(BENCHMARK_METHODS))
+                        default=DEFAULT_METHODS, metavar="METHOD",
+                        help="any of: " + ", ".join(BENCHMARK_METHODS))
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of TensorFlow's intra-op and inter-op pools (0: "
                              "TensorFlow's choice, every core); the matmul peak is measured "

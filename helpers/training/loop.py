@@ -201,15 +201,16 @@ class Trainer:
         return {**self.model.history.history, "seconds": timer.seconds}
 
 
-def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes, batch_orders=None,
-                      compiled=True, jit_compile=False, steps_per_execution=1,
-                      sample_weight=None, class_weight=None, validation_split=0.0,
-                      make_step=None) -> Trainer:
+def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DIFFERENCE_KEYS,
+                      batch_orders=None, compiled=True, jit_compile=False,
+                      steps_per_execution=1, sample_weight=None, class_weight=None,
+                      validation_split=0.0, make_step=None) -> Trainer:
     """The loop `train_tape_loop` runs, built but not run: a `Trainer` whose step, data and
-    validation are those of these arguments (see `train_tape_loop`), for any number of epochs
-    (``trainer.train(epochs)``; epoch e trains on ``batch_orders[e]``, or on
-    ``epoch_orders(N, epochs, seed)[e]``). Its ``train_function`` is the one ``tf.function``
-    every epoch calls, e.g. to count its traces; `jit_compile` compiles it with XLA."""
+    validation are those of these arguments (see `train_tape_loop`; the default `fixes` are all
+    of them: `train_matched`'s loop), for any number of epochs (``trainer.train(epochs)``; epoch
+    e trains on ``batch_orders[e]``, or on ``epoch_orders(N, epochs, seed)[e]``). Its
+    ``train_function`` is the one ``tf.function`` every epoch calls, e.g. to count its traces;
+    `jit_compile` compiles it with XLA."""
     unknown = set(fixes) - set(DIFFERENCE_KEYS)
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
