@@ -74,7 +74,7 @@ def loss_tracker(model: keras.Model) -> keras.metrics.Mean:
     loss (keras/src/trainers/trainer.py: ``Trainer.compile`` sets ``_loss_tracker``;
     keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step`` updates it).
     Keras has no public handle on it but its place in ``model.metrics``: the first one
-    (keras/src/trainers/trainer.py: ``Trainer._get_own_metrics``)."""
+    (keras/src/trainers/trainer.py: ``Trainer.metrics``, "Order: loss tracker, ...")."""
     tracker = model.metrics[0] if model.metrics else None
     if not (isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss"):
         raise ValueError(f"model {model.name!r} has no loss tracker first in model.metrics "

@@ -51,13 +51,15 @@ def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
     return np.stack([orders[epoch] for epoch in range(epochs)])
 
 
-def check_orders(batch_orders, num_samples: int, epochs: int) -> np.ndarray:
-    """`batch_orders` as an array, after checking its shape is (epochs, samples)."""
+def check_orders(batch_orders, num_samples: int, epochs: int | None = None) -> np.ndarray:
+    """`batch_orders` as an array, after checking its shape is (epochs, samples); `epochs` None
+    takes any number of epochs."""
     batch_orders = np.asarray(batch_orders)
-    if batch_orders.shape != (epochs, num_samples):
+    rows = batch_orders.shape[0] if epochs is None and batch_orders.ndim == 2 else epochs
+    if batch_orders.shape != (rows, num_samples):
         raise ValueError(
             f"batch_orders has shape {batch_orders.shape}; expected (epochs, samples) = "
-            f"({epochs}, {num_samples})"
+            f"({'any' if epochs is None else epochs}, {num_samples})"
         )
     return batch_orders
 

@@ -58,7 +58,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers.differences import DIFFERENCE_KEYS, DIFFERENCES  # noqa: F401 (re-exported)
+from helpers.differences import DIFFERENCE_KEYS
 from helpers.training.fit import (
     EpochOrders,
     EpochTimer,
@@ -226,7 +226,7 @@ def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DI
     num_samples = len(x)
     if "shuffle" in fixes:
         orders = (EpochOrders(num_samples, seed) if batch_orders is None
-                  else check_orders(batch_orders, num_samples, len(batch_orders)))
+                  else check_orders(batch_orders, num_samples))
     elif batch_orders is not None:
         raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
                          "samples in file order")
@@ -307,13 +307,13 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
     is differentiated, so it needs the ``"dropout"`` and ``"mean_loss"`` fixes on, and no sample
     weights (it is refused otherwise rather than silently ignoring them).
     """
+    if batch_orders is not None:  # one order per epoch (tape_loop_trainer checks the samples)
+        check_orders(batch_orders, np.shape(batch_orders)[-1], epochs)
     trainer = tape_loop_trainer(
         model, train_data, val_data, batch_size=batch_size, seed=seed, fixes=fixes,
         batch_orders=batch_orders, compiled=compiled, steps_per_execution=steps_per_execution,
         sample_weight=sample_weight, class_weight=class_weight,
         validation_split=validation_split, make_step=make_step)
-    if batch_orders is not None:  # one order per epoch, no more, no less
-        check_orders(batch_orders, len(batch_orders[0]), epochs)
     history = trainer.train(epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                             verbose=verbose)
     if "mean_loss" in fixes:  # else check_reproducible refused use_ema
