@@ -1,8 +1,8 @@
 """fit's training step once, with the article's two step-level differences switchable, and fit's
 validation step; the checks that refuse what a step cannot reproduce.
 
-- `tape_train_step`: the one GradientTape step (`naive_train_step` and `matched_train_step` are
-  its two ends), returned as a `TrainStep` with the History metrics it updates;
+- `tape_train_step`: the one GradientTape step (`matched_train_step` is fit's, all switches on;
+  none on is the article's), returned as a `TrainStep` with the History metrics it updates;
 - `indexed_train_step`: a step that gathers its batch (or `steps_per_execution` batches) from
   index vectors, so that one trace serves every batch;
 - `Evaluator`: validation as fit runs it after each epoch;
@@ -193,11 +193,6 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
             update(tape, loss, x_batch, y_batch, y_pred, None)
 
     return TrainStep(train_step, tuple(model.metrics))
-
-
-def naive_train_step(model: keras.Model, x, y) -> TrainStep:
-    """The article's step: ``training`` unset, the per-sample loss vector differentiated."""
-    return tape_train_step(model, x, y, dropout=False, mean_loss=False)
 
 
 def matched_train_step(model: keras.Model, x, y, sample_weight=None) -> TrainStep:
