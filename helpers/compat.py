@@ -136,6 +136,16 @@ def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tupl
     return array_slicing.train_validation_split(arrays, validation_split=validation_split)
 
 
+def fit_data_adapter(x, y, batch_size: int, shuffle=True):
+    """The data adapter fit makes for NumPy arrays (keras/src/trainers/data_adapters/
+    array_data_adapter.py: ``ArrayDataAdapter``, chosen by keras/src/trainers/data_adapters/
+    __init__.py: ``get_data_adapter``); its ``get_tf_dataset()`` is the ``tf.data`` pipeline
+    fit's epoch iterator reads its batches from."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    return ArrayDataAdapter(x, y, batch_size=batch_size, shuffle=shuffle)
+
+
 def class_weight_to_sample_weights(y, class_weight: dict):
     """fit's `class_weight` as one weight per sample of `y` -- keras/src/trainers/data_adapters/
     data_adapter_utils.py: ``class_weight_to_sample_weights``, which keras/src/trainers/

@@ -116,6 +116,18 @@ def test_train_validation_split_takes_the_last_fraction_unshuffled():
     assert weights is None and val_weights is None
 
 
+@pytest.mark.parametrize("samples, batch_dimension", [(200, None), (192, 64)])
+def test_fit_data_adapter_is_the_one_fit_uses(samples, batch_dimension):
+    """fit picks this adapter for arrays; its batches have an unknown batch dimension only when
+    there is a partial batch (notebook 06)."""
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    x, y = data(samples)
+    adapter = compat.fit_data_adapter(x, y, batch_size=64)
+    assert type(adapter) is type(get_data_adapter(x, y, batch_size=64, shuffle=True))
+    assert adapter.get_tf_dataset().element_spec[0].shape[0] == batch_dimension
+
+
 @pytest.mark.parametrize("labels", ["one_hot", "sparse"])
 def test_class_weight_gives_each_sample_its_class_weight(labels):
     classes = np.array([0, 2, 1, 2])
