@@ -32,15 +32,16 @@ QUICK = {"samples": 200, "warmup": 1, "rounds": 1, "peak_size": 1024}
 
 def parse_args(argv=None) -> argparse.Namespace:
     from helpers.tooling.benchmark_args import benchmark_parser, parse_benchmark_args
-    from helpers.tooling.speed import METHODS
+    from helpers.tooling.speed import BENCHMARK_METHODS
 
     parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--warmup", type=int, default=2,
                         help="epochs per method run before the profiled ones")
     parser.add_argument("--rounds", type=int, default=3,
                         help="profiled epochs per method, taking turns; the median one is kept")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
-                        metavar="METHOD", help="any of: " + ", ".join(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(BENCHMARK_METHODS),
+                        default=DEFAULT_METHODS, metavar="METHOD",
+                        help="any of: " + ", ".join(BENCHMARK_METHODS))
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of TensorFlow's intra-op and inter-op pools (0: "
                              "TensorFlow's choice, every core); the matmul peak is measured "
@@ -67,7 +68,7 @@ def main(argv=None):
     from helpers.data import load_mnist
     from helpers.tooling.benchmark_args import run_stamp
     from helpers.tooling.profiling import profile_rounds, utilization_bounds
-    from helpers.tooling.speed import METHODS, make_runner, matmul_gflops
+    from helpers.tooling.speed import BENCHMARK_METHODS, make_runner, matmul_gflops
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
@@ -91,7 +92,7 @@ def main(argv=None):
         categories.append(table)
         ops.append(profile.ops.assign(method=method))
 
-        print(f"\n{method}: {METHODS[method]}")
+        print(f"\n{method}: {BENCHMARK_METHODS[method]}")
         print(f"  {profile.wall_ms_per_step:.2f} ms per step of {args.batch_size} "
               f"({table['samples_per_s'].iloc[0]:.0f} samples/s while profiled, median epoch); "
               f"matmul peak {peak:.0f} GFLOP/s")

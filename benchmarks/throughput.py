@@ -28,7 +28,7 @@ QUICK = {"samples": 128, "epochs": 2, "warmup": 1, "repeats": 1, "peak_size": 10
 
 def parse_args(argv=None) -> argparse.Namespace:
     from helpers.tooling.benchmark_args import benchmark_parser, parse_benchmark_args
-    from helpers.tooling.speed import METHODS
+    from helpers.tooling.speed import BENCHMARK_METHODS
 
     parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--epochs", type=int, default=5,
@@ -38,10 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1,
                         help="times the whole round-robin is run, with new models each time; "
                              "the median is over all repeats' measured epochs")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+    parser.add_argument("--methods", nargs="+", choices=list(BENCHMARK_METHODS), default=None,
                         metavar="METHOD",
-                        help="subset of: " + ", ".join(METHODS) + " (default all; fit_auto is "
-                             "always added, as the reference)")
+                        help="subset of: " + ", ".join(BENCHMARK_METHODS)
+                        + " (default all; fit_auto is always added, as the reference)")
     parser.add_argument("--peak-runs", type=int, default=1,
                         help="matmuls timed after every epoch of every method")
     args = parse_benchmark_args(parser, argv, QUICK, ("epochs", "repeats", "peak_runs"))
@@ -58,7 +58,7 @@ def main(argv=None):
 
     from helpers.data import load_mnist
     from helpers.tooling.benchmark_args import run_stamp
-    from helpers.tooling.speed import format_table, measure, summarize
+    from helpers.tooling.speed import format_table, measure, summarize_throughput
 
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
@@ -70,7 +70,7 @@ def main(argv=None):
         warmup=args.warmup, repeats=args.repeats, seed=args.seed, peak_size=args.peak_size,
         peak_runs=args.peak_runs, log=lambda line: print(line, flush=True),
     )
-    summary = summarize(measurement)
+    summary = summarize_throughput(measurement)
     print()
     print(format_table(summary))
     table = summary.assign(**run_stamp(args, epochs=args.epochs, warmup=args.warmup,

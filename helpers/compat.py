@@ -1,13 +1,20 @@
-"""Every version gate of the project, in one table, and the Keras/TensorFlow internals it relies on.
+"""Every version gate of the project, in one table, and every private Keras/TensorFlow symbol the
+project uses, each behind one small function here.
 
 Some of fit's behaviours changed between the supported Keras versions (pyproject.toml: Keras
 3.5-3.15). Where a loop is shown to reproduce fit only from some version on, it refuses older
 versions by name (`require_keras`) rather than train silently differently; `KERAS_GATES` lists
 them all, with the test that shows the behaviour on the pinned version.
+
+The functions below the table reach into Keras where its public API has no bit-identical
+equivalent. Each names the Keras source it relies on (file and symbol, Keras 3.15.1), and
+tests/test_compat.py checks each against the installed Keras, so an upgrade that moves or
+changes one fails there, by name, rather than somewhere in a training run.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import keras
@@ -58,15 +65,106 @@ def require_keras(gate: str) -> None:
             f"pip install 'keras>={'.'.join(map(str, needed.oldest))}'")
 
 
-# --- A Keras internal that a train_step override needs (helpers.training.custom_step) ---
+# ----------------------------------------------------------------------------------------------
+# Keras internals: the model's compiled state
 
 
 def loss_tracker(model: keras.Model) -> keras.metrics.Mean:
-    """The compiled `model`'s loss tracker: the ``Mean`` named ``loss`` that ``compile`` creates
-    (keras/src/trainers/trainer.py: ``Trainer.compile``, ``self._loss_tracker``) and fit's own
-    step updates (keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step`` and
-    ``test_step``); History's ``loss`` is its result. Keras has no public handle on it: the
-    keras.io guide "Customizing what happens in fit() with TensorFlow" finds it in
-    ``model.metrics`` by its name, which a metric compiled as ``"loss"`` would share. Same
-    attribute in Keras 3.5 and 3.15."""
-    return model._loss_tracker
+    """The Mean named ``loss`` that ``compile`` creates and fit's steps update with each batch's
+    loss (keras/src/trainers/trainer.py: ``Trainer.compile`` sets ``_loss_tracker``;
+    keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step`` updates it).
+    Keras has no public handle on it but its place in ``model.metrics``: the first one
+    (keras/src/trainers/trainer.py: ``Trainer.metrics``, "Order: loss tracker, ...")."""
+    tracker = model.metrics[0] if model.metrics else None
+    if not (isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss"):
+        raise ValueError(f"model {model.name!r} has no loss tracker first in model.metrics "
+                         f"(found {tracker!r}): is it compiled?")
+    return tracker
+
+
+def compile_argument(model: keras.Model, name: str):
+    """What ``compile`` was given as `name` (e.g. ``loss_weights``), as given. ``compile`` keeps
+    its arguments in ``_compile_config`` (keras/src/trainers/trainer.py: ``Trainer.compile``);
+    the public ``get_compile_config`` returns them serialized, optimizer and loss included."""
+    return model._compile_config.config.get(name)
+
+
+def build_like_fit(model: keras.Model, data_batch: tuple) -> None:
+    """Create the compiled loss's and metrics' state and the optimizer's variables for batches
+    like `data_batch` (``(x, y)`` or ``(x, y, sample_weight)``) before the first step, as fit
+    does: keras/src/trainers/trainer.py: ``Trainer._symbolic_build`` (shapes only, nothing is
+    computed). Created inside the first call of a tf.function instead, they make it trace
+    twice."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training: bool):
+    """fit's loss of one batch: ``model.compute_loss`` (the compiled loss + each of
+    ``model.losses``), called as fit's steps call it, through ``Trainer._compute_loss``
+    (keras/src/trainers/trainer.py), which also serves a ``compute_loss`` override written
+    without the ``training`` argument (added in Keras 3.3). For the default ``compute_loss`` it
+    is ``model.compute_loss(..., training=training)``."""
+    return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                               training=training)
+
+
+def unscale_loss_for_distribution(loss):
+    """The loss times the number of replicas in sync, which fit's steps give the loss tracker
+    (keras/src/losses/loss.py: ``unscale_loss_for_distribution``, called by
+    keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step``/``test_step``):
+    the identity on one device. Keras 3.5 has no such function and gives the tracker the loss as
+    it is; before 3.15 the distributed loop is refused (``KERAS_GATES["strategy"]``), so only
+    one device is left, where both are the identity."""
+    if not supports("strategy"):
+        return loss
+    from keras.src.losses.loss import unscale_loss_for_distribution as unscale
+
+    return unscale(loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras internals: fit's data preparation
+
+
+def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:
+    """fit's `validation_split`: the last fraction of each array (None stays None), before any
+    shuffling -- keras/src/trainers/data_adapters/array_slicing.py:
+    ``train_validation_split``, which keras/src/backend/tensorflow/trainer.py:
+    ``TensorFlowTrainer.fit`` calls. Returns (training arrays, validation arrays)."""
+    from keras.src.trainers.data_adapters import array_slicing
+
+    return array_slicing.train_validation_split(arrays, validation_split=validation_split)
+
+
+def fit_data_adapter(x, y, batch_size: int, shuffle=True):
+    """The data adapter fit makes for NumPy arrays (keras/src/trainers/data_adapters/
+    array_data_adapter.py: ``ArrayDataAdapter``, chosen by keras/src/trainers/data_adapters/
+    __init__.py: ``get_data_adapter``); its ``get_tf_dataset()`` is the ``tf.data`` pipeline
+    fit's epoch iterator reads its batches from."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    return ArrayDataAdapter(x, y, batch_size=batch_size, shuffle=shuffle)
+
+
+def class_weight_to_sample_weights(y, class_weight: dict):
+    """fit's `class_weight` as one weight per sample of `y` -- keras/src/trainers/data_adapters/
+    data_adapter_utils.py: ``class_weight_to_sample_weights``, which keras/src/trainers/
+    data_adapters/array_data_adapter.py: ``ArrayDataAdapter.__init__`` calls."""
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    return data_adapter_utils.class_weight_to_sample_weights(y, class_weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow internals: the profiler's trace format
+
+
+def read_xspace(trace_file):
+    """A profiler trace (``.xplane.pb``, what ``tf.profiler.experimental`` writes) parsed with
+    the protobuf class TensorFlow ships for it, ``XSpace`` in
+    tensorflow/tsl/profiler/protobuf/xplane_pb2.py (no public module exports it)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(Path(trace_file).read_bytes())
+    return space

@@ -24,6 +24,7 @@ interfaces while they run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -42,12 +43,12 @@ from helpers.experiments.params import ParameterError, check_integer, check_numb
 from helpers.model import ARTICLE_DROPOUT
 from helpers.threads import use_threads
 from helpers.tooling.private_network import LoopbackNetwork
-from helpers.training import HISTORY_KEYS, epoch_orders, train_fit, train_matched
+from helpers.training import HISTORY_KEYS, Trainer, epoch_orders, train_fit, train_matched
 from helpers.training.distributed import (
-    _shard_by_data,
     build_cnn,
     distributed_train_step,
     mirrored_strategy,
+    shard_by_data,
     train_distributed,
 )
 
@@ -243,20 +244,18 @@ def serve_epochs(strategy, args, requests=sys.stdin, replies=sys.stdout) -> None
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     model = build_cnn(strategy, args.seed)
     step = distributed_train_step(model, strategy, x, y)
-    train_function = tf.function(step.step)
     dataset = (tf.data.Dataset.from_tensor_slices((x, y))
                .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
                .batch(args.batch_size))
-    distributed = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+    distributed = strategy.experimental_distribute_dataset(shard_by_data(dataset))
     steps = math.ceil(len(x) / args.batch_size)
+    # a new iterator each epoch: the pipeline reshuffles
+    trainer = Trainer(model, step, lambda epoch: itertools.repeat((iter(distributed),), steps),
+                      steps=steps)
     print("ready", file=replies, flush=True)
-    for _ in requests:
+    for epoch, _ in enumerate(requests):
         start = time.perf_counter()
-        step.reset_metrics()
-        iterator = iter(distributed)
-        for _ in range(steps):
-            train_function(iterator)
-        float(step.metrics[0].result())  # waits for the last step, as the other runners do
+        trainer.run_epoch(epoch)  # ends reading the metrics: after the last step
         print(f"{EPOCH_REPLY} {time.perf_counter() - start}", file=replies, flush=True)
 
 

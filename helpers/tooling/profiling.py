@@ -2,8 +2,8 @@
 
 `profile_epoch` runs one epoch of a `helpers.tooling.speed` runner under
 ``tf.profiler.experimental`` (the trace TensorBoard's profile plugin shows), reads the trace file
-back with the protobuf classes TensorFlow ships (``tensorflow.tsl.profiler.protobuf.xplane_pb2``; no
-extra package), and splits the epoch's wall time into:
+back with the protobuf classes TensorFlow ships (`helpers.compat.read_xspace`; no extra
+package), and splits the epoch's wall time into:
 
 - time during which at least one TensorFlow op kernel runs, attributed to the ops that run --
   when two ops run at once (the executor starts independent ops on its inter-op threads), each
@@ -34,8 +34,8 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+from helpers.compat import read_xspace
 from helpers.tooling.speed import layer_flops
 
 IDLE = "idle (no op running)"
@@ -117,8 +117,7 @@ def read_op_events(trace_file: str | Path) -> pd.DataFrame:
     ``"<node name>:<kernel>"``, with no spaces; the profiler's own events
     (``ExecutorState::Process``) and the Python side's (``EagerLocalExecute: <function>``, which
     spans a whole call) do not match that and are skipped."""
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(Path(trace_file).read_bytes())
+    space = read_xspace(trace_file)
     rows = []
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
@@ -196,7 +195,7 @@ def profile_epoch(runner) -> EpochProfile:
         shutil.rmtree(workdir, ignore_errors=True)
     if events.empty:
         raise RuntimeError("the trace holds no op kernel events")
-    return _summarize(events, runner, seconds)
+    return _profile_tables(events, runner, seconds)
 
 
 def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
@@ -216,7 +215,7 @@ def profile_rounds(runners: dict, rounds: int = 3) -> dict[str, EpochProfile]:
             for name, found in profiles.items()}
 
 
-def _summarize(events: pd.DataFrame, runner, seconds: float) -> EpochProfile:
+def _profile_tables(events: pd.DataFrame, runner, seconds: float) -> EpochProfile:
     """The per-op and per-category tables of one epoch's op events."""
     model = runner.model
     samples = runner.samples_per_epoch

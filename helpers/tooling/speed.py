@@ -11,13 +11,13 @@ allocator's first touches. The throughput of a method is the median over its mea
 its ratio is that median over the median of ``fit_auto`` (``model.fit`` as the article calls it,
 ``jit_compile="auto"``) measured in the same run.
 
-Methods (`METHODS`):
+Methods (`BENCHMARK_METHODS`):
 
 - ``fit_auto``, ``fit_graph``, ``fit_xla``: ``model.fit(x, y, shuffle=True)`` with
   ``jit_compile`` "auto" (the default), False and True. Keras resolves "auto" to False on a machine
-  with no GPU/TPU (keras/src/trainers/trainer.py, ``_resolve_auto_jit_compile``: "Disable XLA on
-  CPU-only machines"), so on a CPU ``fit_auto`` and ``fit_graph`` run the same code and their
-  difference shows the noise of the measurement. Each epoch is timed from fit's
+  with no GPU/TPU (keras/src/trainers/trainer.py: ``Trainer._resolve_auto_jit_compile``:
+  "Disable XLA on CPU-only machines"), so on a CPU ``fit_auto`` and ``fit_graph`` run the same
+  code and their difference shows the noise of the measurement. Each epoch is timed from fit's
   ``on_epoch_begin`` to ``on_epoch_end`` callbacks, so the per-call setup of ``fit(epochs=1)``
   (building the data adapter), which a many-epoch fit pays once, is not counted.
 - ``naive_eager``: the article's loop as published (`helpers.training.train_naive` with
@@ -49,12 +49,13 @@ Methods (`METHODS`):
   helpers.tooling.private_network) stay up across epochs and train one epoch of the global batch
   when asked; batches come from a reshuffling ``tf.data`` pipeline, as in ``matched_tfdata``.
 
-Why the loops are re-built here rather than called: `train_naive` and `train_matched` run all
-epochs in one call and build a new ``tf.function`` at every call, so calling them one epoch at a
-time would retrace every epoch. The runners below keep one step per method across epochs, built
-by the same factories the helpers' loops use (`naive_train_step`, `matched_train_step`);
+The loops are the helpers' own: each tape-loop method holds a `helpers.training.Trainer` --
+built by `helpers.training.tape_loop_trainer`, exactly as `train_naive` and `train_matched` build
+theirs, or around the same `matched_train_step` for the NumPy and ``tf.data`` feeds -- and calls
+its ``run_epoch`` once a round, so its step is built and traced once across all epochs.
 tests/test_benchmark.py checks that they reach the same weights as `train_naive` and
-`train_matched` given the same batches.
+`train_matched`. Outside ``Trainer.train`` an epoch drives no callbacks and makes no per-batch
+logs, so what is timed is the training itself.
 
 FLOPs: `layer_flops` counts the multiply-adds of the convolutions and dense layers from the
 layer shapes (conv: 2*H_out*W_out*k*k*C_in*C_out, dense: 2*in*out; bias, activations, pooling and
@@ -86,17 +87,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from helpers.differences import DIFFERENCE_KEYS
 from helpers.model import create_cnn
-from helpers.training.loop import (
-    EpochTimer,
-    indexed_train_step,
-    matched_train_step,
-    naive_train_step,
-)
+from helpers.training import EpochOrders, Trainer, matched_train_step, tape_loop_trainer
+from helpers.training.fit import EpochTimer
 
 REFERENCE = "fit_auto"
 
-METHODS = {
+BENCHMARK_METHODS = {
     "fit_auto": 'model.fit, jit_compile="auto" (the default)',
     "fit_graph": "model.fit, jit_compile=False",
     "fit_xla": "model.fit, jit_compile=True (XLA)",
@@ -187,32 +185,36 @@ class _FitRunner:
         return self.timer.seconds[0]
 
 
-class _NaiveRunner:
-    """`helpers.training.train_naive`'s step and batches, eager, one epoch per call."""
+class _LoopRunner:
+    """A tape loop's `Trainer` on its own model, one epoch per ``run_epoch`` (training only)."""
 
-    def __init__(self, x, y, batch_size, seed):
-        self.model = create_cnn(seed)
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.steps = len(x) // batch_size
-        self.samples_per_epoch = self.steps * batch_size
-        self.step, self.metrics = naive_train_step(self.model, x, y)
+    def __init__(self, model, trainer: Trainer, samples_per_epoch: int, batch_size: int):
+        self.model, self.trainer = model, trainer
+        self.samples_per_epoch, self.batch_size = samples_per_epoch, batch_size
+        self.epochs_run = 0
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
-        for metric in self.metrics:
-            metric.reset_state()
-        x, y, size = self.x, self.y, self.batch_size
-        for i in range(self.steps):
-            self.step(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
-        float(self.metrics[0].result())  # as History reads it; also waits for the last step
+        self.trainer.run_epoch(self.epochs_run)  # ends reading the metrics: after the last step
+        self.epochs_run += 1
         return time.perf_counter() - start
 
 
-class _MatchedRunner:
-    """`helpers.training.train_matched`'s step, one epoch per call, fed in one of three ways:
+def _naive_runner(x, y, batch_size, seed) -> _LoopRunner:
+    """`helpers.training.train_naive`'s loop, eager as published: file order, the partial batch
+    dropped."""
+    model = create_cnn(seed)
+    trainer = tape_loop_trainer(model, (x, y), None, batch_size=batch_size, seed=seed, fixes=(),
+                                compiled=False)
+    return _LoopRunner(model, trainer, len(x) // batch_size * batch_size, batch_size)
 
-    - ``"gather"``: as train_matched does -- the step takes a batch of indices and gathers the
-      images and labels inside it from tensors holding all samples;
+
+def _matched_runner(x, y, batch_size, seed, feed="gather", compile="graph",
+                    steps_per_call=1) -> _LoopRunner:
+    """`helpers.training.train_matched`'s loop, fed in one of three ways:
+
+    - ``"gather"``: as train_matched does (it is `tape_loop_trainer`'s) -- the step takes a batch
+      of indices and gathers the images and labels inside it from tensors holding all samples;
     - ``"numpy"``: the batch is sliced from the NumPy arrays in Python and passed in;
     - ``"tfdata"``: the batches come from a ``tf.data`` pipeline.
 
@@ -221,70 +223,48 @@ class _MatchedRunner:
     batches, as ``train_matched(..., steps_per_execution=steps_per_call)`` does. Compiled steps
     get an ``input_signature`` whose batch dimension is None, so the partial last batch uses the
     same trace (tf.function docstring, "Input signatures": "This ensures only one
-    ConcreteFunction is created"); under XLA the compiled program is still
-    specialised to each concrete shape, so the partial batch costs one more XLA compilation
-    during the warm-up epoch.
-
-    Epoch e uses the permutation ``epoch_orders(N, epochs, seed)[e]`` would give (one
-    ``default_rng(seed)`` drawn once per epoch), so that it can be checked against train_matched.
+    ConcreteFunction is created"); under XLA the compiled program is still specialised to each
+    concrete shape, so the partial batch costs one more XLA compilation during the warm-up
+    epoch. The gather and NumPy feeds take epoch e in the order ``epoch_orders(N, epochs,
+    seed)[e]``, as train_matched does.
     """
+    if feed not in ("gather", "numpy", "tfdata"):
+        raise ValueError(f"feed={feed!r}; use 'gather', 'numpy' or 'tfdata'")
+    if compile not in (None, "graph", "xla"):
+        raise ValueError(f"compile={compile!r}; use None, 'graph' or 'xla'")
+    if steps_per_call != 1 and feed != "gather":
+        raise ValueError("steps_per_call > 1 needs feed='gather'")
+    model = create_cnn(seed)
+    compiled = dict(compiled=compile is not None, jit_compile=compile == "xla")
+    if feed == "gather":
+        trainer = tape_loop_trainer(model, (x, y), None, batch_size=batch_size, seed=seed,
+                                    fixes=DIFFERENCE_KEYS, steps_per_execution=steps_per_call,
+                                    **compiled)
+        return _LoopRunner(model, trainer, len(x), batch_size)
+    step = matched_train_step(model, x, y)
+    if feed == "numpy":
+        orders = EpochOrders(len(x), seed)
 
-    def __init__(self, x, y, batch_size, seed, feed="gather", compile="graph", steps_per_call=1):
-        if feed not in ("gather", "numpy", "tfdata"):
-            raise ValueError(f"feed={feed!r}; use 'gather', 'numpy' or 'tfdata'")
-        if compile not in (None, "graph", "xla"):
-            raise ValueError(f"compile={compile!r}; use None, 'graph' or 'xla'")
-        if steps_per_call != 1 and feed != "gather":
-            raise ValueError("steps_per_call > 1 needs feed='gather'")
-        self.model = create_cnn(seed)
-        self.x, self.y, self.batch_size, self.feed = x, y, batch_size, feed
-        self.samples_per_epoch = len(x)
-        self.steps = math.ceil(len(x) / batch_size)
-        self.rng = np.random.default_rng(seed)
-        batch_step, self.metrics = matched_train_step(self.model, x, y)
+        def batches(epoch):
+            order = orders[epoch]
+            for start in range(0, len(x), batch_size):
+                indices = order[start:start + batch_size]
+                yield x[indices], y[indices]
+    else:
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((tf.convert_to_tensor(x), tf.convert_to_tensor(y)))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
-        x_spec = tf.TensorSpec([None, *x.shape[1:]], tf.as_dtype(x.dtype))
-        y_spec = tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))
-        self.steps_per_call = steps_per_call
-        if feed == "gather":
-            step = indexed_train_step(batch_step, tf.convert_to_tensor(x), tf.convert_to_tensor(y),
-                                      batch_size, steps_per_call)
-            signature = [tf.TensorSpec([None], tf.int64)]
-        else:
-            step, signature = batch_step, [x_spec, y_spec]
-        if feed == "tfdata":
-            self.dataset = (
-                tf.data.Dataset.from_tensor_slices((tf.convert_to_tensor(x),
-                                                    tf.convert_to_tensor(y)))
-                .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-                .batch(batch_size)
-                .prefetch(tf.data.AUTOTUNE)
-            )
-        if compile is not None:
-            step = tf.function(step, input_signature=signature, jit_compile=compile == "xla")
-        self.step = step
+        def batches(epoch):  # a new pass, reshuffled
+            return dataset
 
-    def run_epoch(self) -> float:
-        start = time.perf_counter()
-        for metric in self.metrics:
-            metric.reset_state()
-        size = self.batch_size
-        if self.feed == "tfdata":
-            for x_batch, y_batch in self.dataset:
-                self.step(x_batch, y_batch)
-        else:
-            order = self.rng.permutation(self.samples_per_epoch)
-            if self.feed == "gather":
-                order = tf.constant(order, dtype=tf.int64)
-                per_call = size * self.steps_per_call
-                for first in range(0, self.samples_per_epoch, per_call):
-                    self.step(order[first:first + per_call])
-            else:
-                for i in range(self.steps):
-                    idx = order[i * size:(i + 1) * size]
-                    self.step(self.x[idx], self.y[idx])
-        float(self.metrics[0].result())
-        return time.perf_counter() - start
+    signature = [tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype)) for a in (x, y)]
+    trainer = Trainer(model, step, batches, steps=math.ceil(len(x) / batch_size),
+                      input_signature=signature, **compiled)
+    return _LoopRunner(model, trainer, len(x), batch_size)
 
 
 @contextlib.contextmanager
@@ -397,24 +377,24 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
         "fit_graph": lambda: _FitRunner(x, y, batch_size, seed, False),
         "fit_xla": lambda: _FitRunner(x, y, batch_size, seed, True),
         "fit_spe": lambda: _FitRunner(x, y, batch_size, seed, "auto", steps_per_epoch),
-        "naive_eager": lambda: _NaiveRunner(x, y, batch_size, seed),
-        "matched_eager": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", None),
-        "matched_graph": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph"),
-        "matched_numpy": lambda: _MatchedRunner(x, y, batch_size, seed, "numpy", "graph"),
-        "matched_tfdata": lambda: _MatchedRunner(x, y, batch_size, seed, "tfdata", "graph"),
-        "matched_xla": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "xla"),
-        "matched_spe": lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph",
-                                              steps_per_epoch),
+        "naive_eager": lambda: _naive_runner(x, y, batch_size, seed),
+        "matched_eager": lambda: _matched_runner(x, y, batch_size, seed, "gather", None),
+        "matched_graph": lambda: _matched_runner(x, y, batch_size, seed, "gather", "graph"),
+        "matched_numpy": lambda: _matched_runner(x, y, batch_size, seed, "numpy", "graph"),
+        "matched_tfdata": lambda: _matched_runner(x, y, batch_size, seed, "tfdata", "graph"),
+        "matched_xla": lambda: _matched_runner(x, y, batch_size, seed, "gather", "xla"),
+        "matched_spe": lambda: _matched_runner(x, y, batch_size, seed, "gather", "graph",
+                                               steps_per_epoch),
         "fit_bf16": lambda: _PolicyRunner(
             "mixed_bfloat16", lambda: _FitRunner(x, y, batch_size, seed, "auto")),
         "matched_bf16": lambda: _PolicyRunner(
-            "mixed_bfloat16", lambda: _MatchedRunner(x, y, batch_size, seed, "gather", "graph")),
+            "mixed_bfloat16", lambda: _matched_runner(x, y, batch_size, seed, "gather", "graph")),
         "workers1": lambda: _WorkersRunner(x, y, batch_size, seed, workers=1, threads=0),
         "workers2_1thread": lambda: _WorkersRunner(x, y, batch_size, seed, workers=2,
                                                    threads=1),
     }
     if method not in builders:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(BENCHMARK_METHODS)}")
     return builders[method]()
 
 
@@ -434,10 +414,10 @@ class Measurement:
 
 def check_methods(methods: Iterable[str] | None) -> list[str]:
     """The methods to run, in order, with the reference `fit_auto` added first if missing."""
-    methods = list(METHODS) if methods is None else list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
+    methods = list(BENCHMARK_METHODS) if methods is None else list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in BENCHMARK_METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(BENCHMARK_METHODS)}")
     return methods if REFERENCE in methods else [REFERENCE, *methods]
 
 
@@ -495,7 +475,7 @@ def measure(
     return Measurement(pd.DataFrame(rows), peaks, flops, jit)
 
 
-def summarize(measurement: Measurement) -> pd.DataFrame:
+def summarize_throughput(measurement: Measurement) -> pd.DataFrame:
     """One row per method: median samples/s over the measured epochs, spread, ratio to fit_auto,
     achieved GFLOP/s and utilization of the measured matmul peak."""
     table = measurement.epochs
@@ -506,7 +486,7 @@ def summarize(measurement: Measurement) -> pd.DataFrame:
         speeds = group["samples_per_s"]
         rows.append({
             "method": method,
-            "description": METHODS[method],
+            "description": BENCHMARK_METHODS[method],
             "samples_per_s": speeds.median(),
             "samples_per_s_q25": speeds.quantile(0.25),
             "samples_per_s_q75": speeds.quantile(0.75),
@@ -523,7 +503,7 @@ def summarize(measurement: Measurement) -> pd.DataFrame:
     summary["utilization_pct"] = 100 * summary["gflops"] / peak
     summary["train_flops_per_sample"] = measurement.flops_per_sample
     summary["jit_compile"] = summary["method"].map(measurement.jit_compile)
-    order = {name: i for i, name in enumerate(METHODS)}
+    order = {name: i for i, name in enumerate(BENCHMARK_METHODS)}
     return summary.sort_values("method", key=lambda col: col.map(order)).reset_index(drop=True)
 
 
@@ -559,7 +539,7 @@ def policy_cross_validation(x: np.ndarray, y: np.ndarray, *, policies: Sequence[
     under each dtype policy: the same folds and initial weights for all, every model built and
     trained inside `dtype_policy`. The tidy table's ``method`` is ``<method>@<policy>``."""
     from helpers.experiments.cv import cross_validate
-    from helpers.training import METHODS as TRAINING_METHODS
+    from helpers.training import METHODS
 
     tables = []
     for policy in policies:
@@ -574,7 +554,7 @@ def policy_cross_validation(x: np.ndarray, y: np.ndarray, *, policies: Sequence[
             return train_under_policy
 
         tables.append(cross_validate(
-            {f"{name}@{policy}": under_policy(TRAINING_METHODS[name]) for name in methods},
+            {f"{name}@{policy}": under_policy(METHODS[name]) for name in methods},
             x, y, folds=folds, epochs=epochs, batch_size=batch_size, seed=seed,
             model_fn=build, verbose=verbose))
     return pd.concat(tables, ignore_index=True)

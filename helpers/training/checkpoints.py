@@ -56,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from helpers.compat import require_keras
-from helpers.training.loop import _require_compiled, epoch_orders
+from helpers.training.fit import epoch_orders, require_compiled
 
 SETTINGS_KEY = "settings/.ATTRIBUTES/VARIABLE_VALUE"  # where tf.train.Checkpoint stores it
 # Callback attributes that carry over from one epoch to the next, by class.
@@ -122,7 +122,7 @@ class TrainingCheckpoint:
 
     def __init__(self, directory, model: keras.Model, settings: dict[str, str],
                  max_to_keep: int = 2, callbacks=()):
-        _require_compiled(model)
+        require_compiled(model)
         if not model.optimizer.built:  # restoring needs the slots to exist
             model.optimizer.build(model.trainable_variables)
         self.settings, self.callbacks = settings, list(callbacks)

@@ -27,9 +27,9 @@ import functools
 import keras
 import tensorflow as tf
 
-from helpers.compat import loss_tracker
+from helpers.compat import loss_tracker, unscale_loss_for_distribution
 from helpers.model import compile_like_article, create_cnn
-from helpers.training.loop import TrainStep, tape_train_step, unscale_loss_for_distribution
+from helpers.training.step import TrainStep, tape_train_step
 
 
 def clip_by_layer(model: keras.Model, gradients, max_norm: float) -> list:

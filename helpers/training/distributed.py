@@ -6,31 +6,34 @@ The command line that runs it on several worker processes or logical CPUs is
 
 `train_distributed` trains a compiled model, built under ``strategy.scope()``, the way fit does
 under that strategy (Keras 3.15.1, TensorFlow backend). Each replica runs fit's own step, the
-one `helpers.training` runs on one device (``matched_train_step``; ``_Evaluator`` for
-validation), so the loss, the metrics and the History keys are the compiled ones:
+one `helpers.training` runs on one device (``matched_train_step``; `Evaluator` for validation),
+and the epochs are the one-device loop's (`helpers.training.Trainer`), so the loss, the metrics
+and the History keys are the compiled ones. The Keras source below is
+keras/src/backend/tensorflow/trainer.py unless another file is named:
 
 - the dataset is distributed by the strategy (``experimental_distribute_dataset``, as fit's
-  ``TFEpochIterator``, keras/src/backend/tensorflow/trainer.py:747-757) and each step is
-  ``strategy.run`` inside one ``tf.function`` (trainer.py:131-147) on the iterator's next batch
-  (:150-155);
+  ``TFEpochIterator.__init__``) and each step is ``strategy.run`` inside one ``tf.function``
+  (``TensorFlowTrainer._make_function``: ``one_step_on_data``) on the iterator's next batch
+  (``multi_step_on_iterator``);
 - the compiled loss and metrics are built under the strategy's scope before the first step, as
-  fit builds them (``_symbolic_build`` inside ``strategy.scope()``, trainer.py:739-740), so
-  their variables are the strategy's;
-- the loss of each replica is ``compute_loss`` (keras/src/trainers/trainer.py:385-401), which
-  comes out as its own batch mean times ``1 / replicas``: the compiled Loss object scales
-  itself inside a replica context (keras/src/losses/loss.py:160 calls
-  ``scale_loss_for_distribution``, :229-243), and the TensorFlow trainer's
-  ``_aggregate_additional_loss`` scales each of ``model.losses`` the same way
-  (trainer.py:742-744). The optimizer then *sums* the replicas' gradients
-  (keras/src/backend/tensorflow/optimizer.py:141-160), so the update is the mean of the
+  fit builds them (``TensorFlowTrainer._symbolic_build`` calls Keras' own inside
+  ``strategy.scope()``), so their variables are the strategy's;
+- the loss of each replica is ``compute_loss`` (keras/src/trainers/trainer.py:
+  ``Trainer.compute_loss``), which comes out as its own batch mean times ``1 / replicas``: the
+  compiled Loss object scales itself inside a replica context (keras/src/losses/loss.py:
+  ``Loss.__call__`` calls ``scale_loss_for_distribution``), and
+  ``TensorFlowTrainer._aggregate_additional_loss`` scales each of ``model.losses`` the same
+  way. The optimizer then *sums* the replicas' gradients (keras/src/backend/tensorflow/
+  optimizer.py: ``TFOptimizer._all_reduce_sum_gradients``), so the update is the mean of the
   replicas' batch-mean gradients;
 - the model's loss tracker gets that loss unscaled again, weighted by the replica's batch size
-  (trainer.py:69-74, ``unscale_loss_for_distribution`` at loss.py:246-258), and the compiled
-  metrics are updated by ``compute_metrics`` (trainer.py:88); metric variables are ``on_read``
-  variables aggregated by ``sum`` (keras/src/metrics/metric.py:193-204), so reading a result
-  outside the replicas adds up every replica's totals and counts;
-- validation is fit's ``test_step`` (``training=False``, trainer.py:90-105) over the
-  distributed validation set.
+  (``TensorFlowTrainer.train_step``; keras/src/losses/loss.py:
+  ``unscale_loss_for_distribution``), and the compiled metrics are updated by
+  ``compute_metrics``; metric variables are ``on_read`` variables aggregated by ``sum``
+  (keras/src/metrics/metric.py: ``Metric.add_variable``), so reading a result outside the
+  replicas adds up every replica's totals and counts;
+- validation is fit's ``test_step`` (``training=False``, ``TensorFlowTrainer.test_step``) over
+  the distributed validation set.
 
 The partial last batch: the strategy splits every global batch as evenly as it can, the first
 replicas taking ``ceil(n / replicas)`` samples and the last ones the rest, so at global batch 64
@@ -49,26 +52,16 @@ its devices, i.e. first in a fresh process.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import tensorflow as tf
 
 from helpers.compat import require_keras
 from helpers.model import ARTICLE_DROPOUT, compile_like_article, create_cnn
-from helpers.training.loop import (
-    TrainStep,
-    _check_orders,
-    _Evaluator,
-    _overrides,
-    _require_compiled,
-    _run_epochs,
-    epoch_orders,
-    matched_train_step,
-    ordered_dataset,
-)
-
-# The oldest Keras whose fit under a strategy this loop is shown to reproduce.
-
+from helpers.training.fit import check_orders, epoch_orders, ordered_dataset, require_compiled
+from helpers.training.loop import Trainer
+from helpers.training.step import Evaluator, TrainStep, matched_train_step, overrides
 
 # ----------------------------------------------------------------------------------------------
 # Devices and strategies (call before TensorFlow has initialized its devices)
@@ -98,7 +91,7 @@ def mirrored_strategy(replicas: int):
 
 
 def _check_strategy(model, strategy) -> None:
-    _require_compiled(model)
+    require_compiled(model)
     require_keras("strategy")
     if model.distribute_strategy is not strategy:
         raise ValueError(
@@ -107,23 +100,26 @@ def _check_strategy(model, strategy) -> None:
             "metrics' are replicated (as fit requires)"
         )
     for method in ("train_step", "test_step"):
-        if _overrides(model, method):  # fit would run the override; this loop is fit's default
+        if overrides(model, method):  # fit would run the override; this loop is fit's default
             raise NotImplementedError(
                 f"a custom {method} ({type(model).__name__}.{method}) under the distributed loop")
-    if model.jit_compile:  # "auto" resolves to True on a GPU/TPU (keras/src/trainers/trainer.py)
+    # "auto" resolves to True on a GPU/TPU (keras/src/trainers/trainer.py:
+    # Trainer._resolve_auto_jit_compile)
+    if model.jit_compile:
         raise ValueError(
             f"model {model.name!r} is compiled with jit_compile=True, so fit would run its step "
             "under XLA; this loop does not: compile with jit_compile=False to compare them"
         )
 
 
-def distributed_train_step(model, strategy, x, y):
-    """fit's train step under `strategy` (trainer.py:53-88, 131-155): a function of a distributed
-    iterator that takes the next global batch and runs `helpers.training.matched_train_step`
-    (fit's ``train_step``) on every replica, with the model's own metrics (``model.metrics``).
-    That step builds the compiled loss and metrics and the optimizer for data like `x`, `y`
-    (shapes only); here under the strategy's scope, as fit does (trainer.py:739-740), so that
-    their variables are the strategy's and the step is traced once."""
+def distributed_train_step(model, strategy, x, y) -> TrainStep:
+    """fit's train step under `strategy` (``TensorFlowTrainer.train_step`` run by
+    ``_make_function``): a function of a distributed iterator that takes the next global batch
+    and runs `helpers.training.matched_train_step` (fit's ``train_step``) on every replica, with
+    the model's own metrics (``model.metrics``). That step builds the compiled loss and metrics
+    and the optimizer for data like `x`, `y` (shapes only); here under the strategy's scope, as
+    fit does (``TensorFlowTrainer._symbolic_build``), so that their variables are the
+    strategy's and the step is traced once."""
     _check_strategy(model, strategy)
     with strategy.scope():
         replica_step = matched_train_step(model, x, y)
@@ -134,37 +130,37 @@ def distributed_train_step(model, strategy, x, y):
     return TrainStep(train_step, replica_step.metrics)
 
 
-class _DistributedEvaluator(_Evaluator):
-    """fit's validation under a strategy: `helpers.training._Evaluator`'s step -- fit's
-    ``test_step`` (trainer.py:90-105) on the model's own metrics -- run by ``strategy.run`` on
-    each replica's part of every batch of `batch_size` (trainer.py:131-155), the partial batch
-    kept; its reset and ``val_*`` logs are `_Evaluator`'s."""
-
-    def __init__(self, model, strategy, x_val, y_val, batch_size):
-        # not _Evaluator.__init__: the batches come from a distributed dataset, not from slices
-        self.model, self.metrics = model, tuple(model.metrics)
-        dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
-        self.dataset = strategy.experimental_distribute_dataset(_shard_by_data(dataset))
-        self.steps = math.ceil(len(x_val) / batch_size)
-
-        @tf.function
-        def test_step(iterator):
-            strategy.run(self._step, args=next(iterator))
-
-        self.step = test_step
-
-    def _run_steps(self) -> None:
-        iterator = iter(self.dataset)
-        for _ in range(self.steps):
-            self.step(iterator)
-
-
-def _shard_by_data(dataset):
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Shard by batch across workers (each worker takes its slice of every global batch), said
     explicitly: the dataset is made from tensors, not files, so there is nothing else to shard."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+class DistributedEvaluator(Evaluator):
+    """fit's validation under a strategy: `helpers.training.step.Evaluator`'s step -- fit's
+    ``test_step`` on the model's own metrics -- run by ``strategy.run`` on each replica's part of
+    every batch of `batch_size` (as ``TensorFlowTrainer._make_function`` runs it), the partial
+    batch kept; its reset and ``val_*`` logs are `Evaluator`'s."""
+
+    def __init__(self, model, strategy, x_val, y_val, batch_size):
+        # not Evaluator.__init__: the batches come from a distributed dataset, not from slices
+        self.model, self.metrics = model, tuple(model.metrics)
+        dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
+        self.dataset = strategy.experimental_distribute_dataset(shard_by_data(dataset))
+        self.steps = math.ceil(len(x_val) / batch_size)
+
+        @tf.function
+        def distributed_test_step(iterator):
+            strategy.run(self.test_step, args=next(iterator))
+
+        self.step = distributed_test_step
+
+    def run_steps(self) -> None:
+        iterator = iter(self.dataset)
+        for _ in range(self.steps):
+            self.step(iterator)
 
 
 def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_size, seed,
@@ -174,24 +170,20 @@ def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_si
     `batch_size` is the *global* batch, split over the replicas; the epoch orders are
     `epoch_orders(N, epochs, seed)` or exactly `batch_orders`, fed as
     `helpers.training.ordered_dataset` -- the dataset `train_fit` gives fit -- so fit and this
-    loop see the same batches. One ``tf.function`` takes the iterator and runs one step, traced
-    once (the iterator's batch dimension is unknown, so the partial batch does not retrace)."""
+    loop see the same batches, through one iterator across all epochs. The `Trainer`'s
+    ``tf.function`` takes the iterator and runs one step, traced once (the iterator's batch
+    dimension is unknown, so the partial batch does not retrace)."""
     x, y = train_data
     batch_orders = (epoch_orders(len(x), epochs, seed) if batch_orders is None
-                    else _check_orders(batch_orders, len(x), epochs))
+                    else check_orders(batch_orders, len(x), epochs))
     step = distributed_train_step(model, strategy, x, y)
-    evaluate = _DistributedEvaluator(model, strategy, *val_data, batch_size)
-    dataset = _shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
+    evaluate = DistributedEvaluator(model, strategy, *val_data, batch_size)
+    dataset = shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
     iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one across all epochs
-    train_function = tf.function(step.step)
     steps = math.ceil(len(x) / batch_size)
-
-    def batches(epoch):
-        for _ in range(steps):
-            yield (iterator,)
-
-    return _run_epochs(train_function, batches, steps, epochs, step, evaluate, verbose,
-                       model=model)
+    trainer = Trainer(model, step, lambda epoch: itertools.repeat((iterator,), steps),
+                      steps=steps, evaluate=evaluate)
+    return trainer.train(epochs, verbose=verbose)
 
 
 def build_cnn(strategy, seed: int, dropout: float = ARTICLE_DROPOUT, l2: float = 0.0,
