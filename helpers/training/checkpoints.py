@@ -13,7 +13,8 @@ What is saved, and why each piece is needed for a bit-for-bit resume:
 - the model (``model=``: every layer's variables) and the optimizer (``optimizer=``: its
   iteration count, learning rate -- which ReduceLROnPlateau may have changed -- and slots);
 - the Dropout ``SeedGenerator`` states, *named explicitly*: a ``SeedGenerator`` is a plain
-  Python object, not a TensorFlow trackable (keras/src/random/seed_generator.py:15), so
+  Python object, not a TensorFlow trackable (keras/src/random/seed_generator.py:
+  ``SeedGenerator``), so
   ``tf.train.Checkpoint(model=model)`` does not reach its ``state`` variable, although it is in
   ``model.variables``. Without it the resumed run would drop other units than the
   uninterrupted one;
@@ -36,11 +37,14 @@ What is saved, and why each piece is needed for a bit-for-bit resume:
   state from one epoch to the next (CSVLogger needs ``append=True`` to continue its file).
 
 Not saved: the metrics' running state, because fit and the loops reset it at the start of every
-epoch (trainer.py:394), so at an epoch boundary it holds nothing the next epoch reads.
+epoch (keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.fit`` calls
+``reset_metrics`` before each epoch), so at an epoch boundary it holds nothing the next epoch
+reads.
 
 Atomic: ``CheckpointManager.save`` writes the checkpoint's files first and only then points the
 ``checkpoint`` state file at them, replacing it with an atomic rename
-(tensorflow/python/checkpoint/checkpoint_management.py:246, ``atomic_write_string_to_file``);
+(tensorflow/python/checkpoint/checkpoint_management.py: ``update_checkpoint_state_internal``
+calls ``file_io.atomic_write_string_to_file``);
 a process killed while saving leaves the previous checkpoint as the latest.
 """
 
