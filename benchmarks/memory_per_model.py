@@ -12,7 +12,8 @@ trains `--models` models one after another: model i is ``create_cnn(seed=i)``, t
 `--images` images, validate on the rest). After every model the process's resident set (VmRSS
 from /proc/self/status) is read, together with the number of functions registered in
 TensorFlow's eager runtime and of live FuncGraph / AtomicFunction / ConcreteFunction / tf.function
-objects (``gc.get_objects()`` by type name), counted after the RSS is read.
+objects (``gc.get_objects()`` by type name) and of entries in TensorFlow's global gradient
+registry, counted after the RSS is read.
 
 Per model: ``seconds`` is the wall time of building and training it; ``tracing_s`` is the first
 training step's wall time minus the median of the model's later steps' (the trace of the training
@@ -32,6 +33,9 @@ models. Configurations (`--configs`, comma-separated; see CONFIGS):
   (``del``: the model, its History and every tf.function reference the helpers keep deleted, then
   ``gc.collect()``; ``malloc_trim``: glibc's ``malloc_trim(0)`` through ctypes), or for the whole
   process (``arena2``: ``MALLOC_ARENA_MAX=2``); ``mixed+all`` is all of them together;
+  ``mixed+prune_registry`` (an experiment on TensorFlow internals, not a remedy to ship): ``del``
+  + ``gc`` after each model, and the ``CustomGradient-*`` entries that the model's traces added
+  to TensorFlow's global gradient registry (``ops.gradient_registry``) removed;
   ``mixed+process``: each model trained in its own spawned process
   (``ProcessPoolExecutor(max_tasks_per_child=1)``); the RSS is the parent's, and ``seconds``
   includes the child's start (Python + TensorFlow import);
@@ -42,13 +46,16 @@ models. Configurations (`--configs`, comma-separated; see CONFIGS):
   helpers' trainers trace a new tf.function per call): the helpers' own step (`tape_train_step`)
   wrapped once in a ``tf.function`` taking the batch as arguments, and the helpers' validation
   step made once; ``mixed+reuse`` keeps one model per method;
+- ``mixed+release_steps``: ``mixed``, then, after the last model, the RSS and counts after each
+  step that might free the models' memory (release_steps.csv);
 - ``mixed+tracemalloc``: ``mixed`` with ``tracemalloc`` on (slow); writes the top 10 Python
   allocation sites (file:line) grown between model 10 and model 20 and the traced total next to
   the RSS growth (tracemalloc_top10.txt).
 
 Writes per_model.csv, summary.csv and environment.txt (versions, CPU count, load, the command)
 to `--out` (results/memory-per-model by default), which must be empty, new, or made by this
-script. Linux only (/proc).
+script; re-running some configurations there replaces their rows and keeps the others'
+(environment.txt then gets the later run's command appended). Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -71,18 +78,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "memory-per-model"
 MARKER = ".memory_per_model"  # says this script made the folder
-OWN_FILES = {MARKER, "per_model.csv", "summary.csv", "environment.txt", "tracemalloc_top10.txt",
-             "README.md"}
 METHODS = ("fit", "naive", "matched")
 FOLDS = 5
-QUICK = {"models": 3, "images": 96, "warmup": 1, "configs": "fit,matched+reuse"}
+QUICK = {"models": 3, "images": 96, "warmup": 1, "configs": "create_only,matched+reuse"}
 
 
 def _config(methods, before=(), after=(), env=None, process=False, reuse=False,
-            tracemalloc=False, description=""):
+            tracemalloc=False, release_steps=False, description=""):
     return {"methods": tuple(methods), "before": tuple(before), "after": tuple(after),
             "env": dict(env or {}), "process": process, "reuse": reuse,
-            "tracemalloc": tracemalloc, "description": description}
+            "tracemalloc": tracemalloc, "release_steps": release_steps,
+            "description": description}
 
 
 CONFIGS = {
@@ -108,6 +114,11 @@ CONFIGS = {
         METHODS, before=("clear_session", "gc"), after=("del", "gc", "malloc_trim"),
         env={"MALLOC_ARENA_MAX": "2"},
         description="clear_session + gc before, del + gc + malloc_trim after, MALLOC_ARENA_MAX=2"),
+    "mixed+prune_registry": _config(
+        METHODS, after=("del", "prune_registry", "gc"),
+        description="EXPERIMENT on TensorFlow internals: del + gc after each model, and the "
+                    "CustomGradient-* entries the model's traces added to TensorFlow's global "
+                    "gradient registry removed"),
     "mixed+process": _config(METHODS, process=True,
                              description="each model in its own spawned process"),
     **{f"{m}+reuse": _config(
@@ -119,12 +130,16 @@ CONFIGS = {
     "mixed+reuse": _config(METHODS, reuse=True,
                            description="one model and one traced step per method, reset per "
                                        "model"),
+    "mixed+release_steps": _config(
+        METHODS, release_steps=True,
+        description="mixed, then after the last model what each step frees (release_steps.csv)"),
     "mixed+tracemalloc": _config(METHODS, tracemalloc=True,
                                  description="mixed with tracemalloc on (diagnosis; slower)"),
 }
 PER_MODEL_FIELDS = ("config", "model", "method", "rss_mib", "rss_before_remedy_mib", "seconds",
                     "tracing_s", "runtime_functions", "func_graphs", "atomic_functions",
-                    "concrete_functions", "tf_functions", "tracemalloc_mib", "child_rss_mib")
+                    "concrete_functions", "tf_functions", "gradient_registry",
+                    "tracemalloc_mib", "child_rss_mib")
 SUMMARY_FIELDS = ("config", "slope_mib_per_model", "intercept_mib", "models", "warmup",
                   "rss_first_mib", "rss_last_mib", "seconds_per_model", "tracing_s_per_model",
                   "runtime_functions_per_model", "func_graphs_per_model", "description")
@@ -147,6 +162,7 @@ def live_counts() -> dict:
     from collections import Counter
 
     from tensorflow.python.eager import context
+    from tensorflow.python.framework import ops
 
     names = Counter(type(obj).__name__ for obj in gc.get_objects())
     return {
@@ -155,6 +171,8 @@ def live_counts() -> dict:
         "atomic_functions": names["AtomicFunction"],
         "concrete_functions": names["ConcreteFunction"],
         "tf_functions": names["Function"],  # polymorphic tf.function objects
+        # gradient functions registered by graph-mode tf.custom_gradient (one per call)
+        "gradient_registry": len(ops.gradient_registry._registry),
     }
 
 
@@ -220,6 +238,25 @@ def train_new_model(method: str, index: int, data, images: int, epochs: int, bat
     history = TRAINERS[method](model, train_data, val_data, epochs=epochs, batch_size=batch_size,
                                seed=index, verbose=0, callbacks=[timer])
     return model, history, timer
+
+
+def custom_gradient_names() -> set:
+    """The names in TensorFlow's process-global gradient registry that graph-mode
+    ``tf.custom_gradient`` made (``CustomGradient-<uid>``, tensorflow/python/ops/
+    custom_gradient.py, ``_graph_mode_decorator``); never removed by TensorFlow."""
+    from tensorflow.python.framework import ops
+
+    return {name for name in ops.gradient_registry._registry
+            if name.startswith("CustomGradient-")}
+
+
+def prune_gradient_registry(keep: set) -> None:
+    """Remove the ``CustomGradient-*`` entries not in `keep` (an experiment on TensorFlow's
+    internals: safe here only because the functions that would use them are gone)."""
+    from tensorflow.python.framework import ops
+
+    for name in custom_gradient_names() - keep:
+        del ops.gradient_registry._registry[name]
 
 
 def forget_function_references() -> None:
@@ -393,6 +430,8 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
             keras.backend.clear_session(free_memory=False)
         if "gc" in config["before"]:
             gc.collect()
+        if "prune_registry" in config["after"]:
+            registered_before = custom_gradient_names()
         began = time.perf_counter()
         if config["reuse"]:
             durations = reused[method].train(index, data, images, epochs)
@@ -408,6 +447,8 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
             del model, history, timer
             model = history = timer = None
             forget_function_references()
+        if "prune_registry" in config["after"]:
+            prune_gradient_registry(registered_before)
         if "gc" in config["after"]:
             gc.collect()
         if "malloc_trim" in config["after"]:
@@ -424,7 +465,38 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
               f"{row['seconds']:.2f} s", flush=True)
     if len(snapshots) == 2:
         write_tracemalloc_report(snapshots, span, extra_dir / "tracemalloc_top10.txt")
+    if config["release_steps"]:
+        del model, history, timer
+        write_release_steps(extra_dir / "release_steps.csv")
     out_json.write_text(json.dumps(rows))
+
+
+def write_release_steps(path: Path) -> None:
+    """After the last model (the loop variables already dropped): RSS and live counts after
+    each step that might free the models' memory, applied one after another."""
+    import gc
+
+    import keras
+
+    steps = [
+        ("after the last model (model, History, callback dropped)", lambda: None),
+        ("+ helpers' last_step references dropped", forget_function_references),
+        ("+ gc.collect()", gc.collect),
+        ("+ keras.backend.clear_session()", keras.backend.clear_session),
+        ("+ CustomGradient-* registry entries removed + gc.collect()",
+         lambda: (prune_gradient_registry(set()), gc.collect())),
+        ("+ malloc_trim(0)", malloc_trim),
+    ]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "rss_mib", "runtime_functions", "func_graphs",
+                         "atomic_functions", "gradient_registry"])
+        for label, step in steps:
+            step()
+            counts = live_counts()
+            writer.writerow([label, round(rss_mib(), 1), counts["runtime_functions"],
+                             counts["func_graphs"], counts["atomic_functions"],
+                             counts["gradient_registry"]])
 
 
 def write_tracemalloc_report(snapshots, span, path: Path) -> None:
@@ -478,6 +550,21 @@ def summarize(name: str, rows, warmup: int) -> dict:
     return summary
 
 
+def merge_earlier(out: Path, rows, summaries):
+    """The rows and summaries of an earlier run in `out` for the configurations not run now
+    (kept, in their order), then this run's: re-running some configurations replaces only
+    theirs."""
+    run_now = {s["config"] for s in summaries}
+    kept_rows, kept_summaries = [], []
+    if (out / "per_model.csv").exists() and (out / "summary.csv").exists():
+        with open(out / "per_model.csv", newline="", encoding="utf-8") as handle:
+            kept_rows = [{k: v for k, v in r.items() if v != ""}
+                         for r in csv.DictReader(handle) if r["config"] not in run_now]
+        with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+            kept_summaries = [r for r in csv.DictReader(handle) if r["config"] not in run_now]
+    return kept_rows + rows, kept_summaries + summaries
+
+
 def check_out_dir(parser, out: Path) -> None:
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} is a file, not a folder")
@@ -490,7 +577,7 @@ def check_out_dir(parser, out: Path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        prog="memory_per_model.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", type=int, default=40, help="models per configuration")
     parser.add_argument("--images", type=int, default=1000, help="training images per model")
@@ -589,6 +676,7 @@ def main(argv=None) -> int:
             print(f"{name:<22} {s['slope_mib_per_model']:>7.2f} MiB/model  tracing "
                   f"{s['tracing_s_per_model']:.3f} s/model  {s['seconds_per_model']:.2f} s/model"
                   f"  ({time.monotonic() - began:.0f} s)", flush=True)
+    all_rows, summaries = merge_earlier(args.out, all_rows, summaries)
     with open(args.out / "per_model.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=PER_MODEL_FIELDS)
         writer.writeheader()
@@ -599,8 +687,13 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
         writer.writerows(summaries)
-    (args.out / "environment.txt").write_text(
-        environment_text(args, argv, time.monotonic() - started), encoding="utf-8")
+    environment = environment_text(args, argv, time.monotonic() - started)
+    earlier = args.out / "environment.txt"
+    if earlier.exists() and (args.out / "summary.csv").exists():
+        environment = (earlier.read_text(encoding="utf-8").rstrip("\n")
+                       + "\n\n# a later run, of " + ", ".join(args.configs) + " only\n"
+                       + environment)
+    earlier.write_text(environment, encoding="utf-8")
     print(f"wrote {args.out}/summary.csv, per_model.csv, environment.txt")
     return 1 if failed else 0
 
