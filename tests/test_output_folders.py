@@ -67,6 +67,7 @@ def test_the_repository_output_folder_is_the_projects(tmp_path):
     notebook has run: the repository's own (git-ignored) output/ needs no marker."""
     from helpers.experiments.params import PROJECT_OUTPUT
 
+    assert (PROJECT_OUTPUT.parent / "pyproject.toml").is_file(), PROJECT_OUTPUT  # the checkout's
     assert validate_parameters(**VALID, output_dir=str(PROJECT_OUTPUT))
 
 

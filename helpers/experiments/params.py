@@ -31,7 +31,7 @@ SMOKE_LIMITS = {"folds": 2, "epochs": 2, "subset": 600}
 RESULTS_MARKER = "settings.json"
 OUTPUT_MARKER = ".tape-vs-fit-output"
 COMPARISONS = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
-PROJECT_OUTPUT = Path(__file__).resolve().parent.parent / "output"  # the repository's own, ignored
+PROJECT_OUTPUT = Path(__file__).resolve().parents[2] / "output"  # the repository's own, ignored
 
 
 class ParameterError(ValueError):
