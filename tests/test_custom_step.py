@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import max_difference
 
 from helpers.model import create_cnn
 from helpers.training import epoch_orders, train_fit, train_matched, train_tape_loop
@@ -33,11 +34,6 @@ MAX_NORM = 0.05  # small enough that most steps clip at least one layer
 
 def orders():
     return epoch_orders(N_TRAIN, EPOCHS, 1)
-
-
-def max_difference(a, b) -> float:
-    assert [np.shape(x) for x in a] == [np.shape(y) for y in b]
-    return max(float(np.max(np.abs(np.subtract(x, y, dtype=np.float64)))) for x, y in zip(a, b))
 
 
 def history_difference(a: dict, b: dict) -> float:
