@@ -26,11 +26,6 @@ from helpers.training import (
 )
 
 
-def test_differences_are_the_four_named_behaviours():
-    assert DIFFERENCE_KEYS == ("dropout", "mean_loss", "shuffle", "partial_batch")
-    assert all(d.name and d.fit and d.article for d in DIFFERENCES)
-
-
 def test_each_variant_is_one_switch_away_from_a_baseline():
     variants = ablation_variants()
     assert len(variants) == 8 and set(variants) <= set(METHODS)
