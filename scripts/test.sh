@@ -5,7 +5,8 @@
 # TAPE_VS_FIT_SMOKE=1 shrinks folds, epochs and data so that each notebook runs in seconds
 # (see helpers/experiments/params.py). pytest finding no tests (exit code 5) counts as a failure.
 # Includes tests/test_browser.py (JupyterLab in headless chromium) and tests/test_colab_setup.py
-# (a fresh venv); `-m "not browser and not venv"` deselects them.
+# (a fresh venv); `-m "not browser and not venv"` deselects them. Without extra arguments the
+# notebooks (browser test, then nbval) run in a second pytest process alongside the other tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,13 +38,34 @@ if [[ -z "${CI:-}" && -z "${CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 
     browser_args=(-m "not browser")
 fi
 
-echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
+# --durations: the slowest tests in the log, to keep CI within its time budget.
 pytest_status=0
-# --durations: the slowest tests in the log, to keep CI within its time budget
-TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
-    "${test_paths[@]}" "${browser_args[@]}" "$@" || pytest_status=$?
+notebook_status=0
+if (( $# == 0 && ${#browser_args[@]} == 0 )) && [[ " ${test_paths[*]} " == *" notebooks "* ]]; then
+    # Without extra arguments (as in CI): two pytest processes side by side, as one keeps about one
+    # of two cores busy. In the background the notebooks, each run in JupyterLab (the browser
+    # test), then under nbval, one after the other (they write to the same output/ folders); in
+    # the foreground the other tests. The notebooks' log follows.
+    notebook_log=$(mktemp)
+    echo "==> pytest tests/test_browser.py notebooks (nbval-lax, TAPE_VS_FIT_SMOKE=1)," \
+         "in the background"
+    TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
+        tests/test_browser.py notebooks >"$notebook_log" 2>&1 &
+    notebook_pid=$!
+    trap 'kill "$notebook_pid" 2>/dev/null || true; rm -f "$notebook_log"' EXIT
+    echo "==> pytest tests -m 'not browser' (TAPE_VS_FIT_SMOKE=1)"
+    TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests -m "not browser" \
+        || pytest_status=$?
+    wait "$notebook_pid" || notebook_status=$?
+    echo "==> pytest tests/test_browser.py notebooks (ran in the background), exit $notebook_status:"
+    cat "$notebook_log"
+else
+    echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
+    TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
+        "${test_paths[@]}" "${browser_args[@]}" "$@" || pytest_status=$?
+fi
 
-if (( pytest_status == 5 )); then
+if (( pytest_status == 5 || notebook_status == 5 )); then
     echo "test: pytest collected no tests; that counts as a failure." >&2
     exit 1
 fi
@@ -51,4 +73,7 @@ if (( ruff_status != 0 )); then
     echo "test: ruff found problems (see above; \`ruff check --fix\` fixes some)." >&2
     exit 1
 fi
-exit "$pytest_status"
+if (( pytest_status != 0 )); then
+    exit "$pytest_status"
+fi
+exit "$notebook_status"

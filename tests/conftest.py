@@ -41,3 +41,13 @@ def small_split_sparse(small_split):
     (x_train, y_train), (x_val, y_val) = small_split
     return ((x_train, y_train.argmax(-1).astype(np.uint8)),
             (x_val, y_val.argmax(-1).astype(np.uint8)))
+
+
+def max_difference(a, b) -> float:
+    """Largest |a[i] - b[i]| over two equally shaped lists of arrays (weights, variables,
+    History columns), computed in float64. Tests import it: ``from conftest import
+    max_difference``."""
+    a = [np.asarray(x, dtype=np.float64) for x in a]
+    b = [np.asarray(y, dtype=np.float64) for y in b]
+    assert [x.shape for x in a] == [y.shape for y in b]
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))

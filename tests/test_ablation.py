@@ -31,11 +31,6 @@ from helpers.training import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_differences_are_the_four_named_behaviours():
-    assert DIFFERENCE_KEYS == ("dropout", "mean_loss", "shuffle", "partial_batch")
-    assert all(d.name and d.fit and d.article for d in DIFFERENCES)
-
-
 def test_the_analysis_names_the_variants_as_training_makes_them():
     assert ablation.VARIANTS == ABLATION_METHODS
 

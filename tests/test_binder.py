@@ -7,8 +7,12 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
+
+pytestmark = pytest.mark.versionless
 
 
 def requirement_lines(path: Path) -> list[str]:
@@ -18,17 +22,16 @@ def requirement_lines(path: Path) -> list[str]:
 
 
 def test_binder_requirements_are_requirements_txt_with_tensorflow_cpu():
-    expected = []
-    for line in requirement_lines(ROOT / "requirements.txt"):
-        if line == "-e .":
-            continue  # postBuild installs the package (without dependencies)
-        expected.append(re.sub(r"^tensorflow==", "tensorflow-cpu==", line))
+    """requirements.txt installs TensorFlow and Keras through the package's `pinned` extra
+    (``-e .[pinned]``); Binder's postBuild installs the package without dependencies, so
+    binder/requirements.txt names those pins itself, with tensorflow-cpu for tensorflow."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    pinned = re.search(r"^pinned = \[(.*)\]$", pyproject, flags=re.MULTILINE).group(1)
+    expected = [re.sub(r"^tensorflow==", "tensorflow-cpu==", pin)
+                for pin in re.findall(r'"([^"]+)"', pinned)]
+    expected += [line for line in requirement_lines(ROOT / "requirements.txt")
+                 if not line.startswith("-e .")]
     assert requirement_lines(BINDER / "requirements.txt") == expected
-
-
-def test_binder_swap_is_documented():
-    text = (BINDER / "requirements.txt").read_text(encoding="utf-8")
-    assert "tensorflow-cpu instead of tensorflow" in text
 
 
 def test_postbuild_installs_the_package_without_dependencies():

@@ -1,5 +1,7 @@
 """Every notebook as a reader runs it: JupyterLab in headless Chromium, "Restart Kernel and Run All
-Cells" from the Kernel menu, at the smoke settings (the kernel inherits TAPE_VS_FIT_SMOKE=1).
+Cells" from the Kernel menu, at the smoke settings (the kernel inherits TAPE_VS_FIT_SMOKE=1). One
+JupyterLab page opens the notebooks one after the other, each closed unsaved, its kernel shut
+down, before the next.
 
 Fails on: a notebook marked modified as soon as it is open (before anything ran), an error
 output, output on stderr (e.g. TensorFlow's start-up log lines), a figure-making cell without a
@@ -54,20 +56,41 @@ SETTINGS = {
 }
 
 # The notebook's state, read from JupyterLab's model (window.jupyterapp, exposed by
-# --LabApp.expose_app_in_browser) rather than from the rendered page.
-STATE_JS = """path => {
+# --LabApp.expose_app_in_browser) rather than from the rendered page. STATUS_JS, polled while the
+# notebook runs, is small: execution counts and whether an error was output. STATE_JS, read once
+# the run is over, holds every cell's source and outputs (figures included).
+FIND_PANEL_JS = """
   const app = window.jupyterapp;
   if (!app) return null;
   const panel = Array.from(app.shell.widgets('main')).find(w => w.context?.path === path);
   if (!panel || !panel.context.isReady || !panel.sessionContext.isReady) return null;
+  const kernel = panel.sessionContext.session?.kernel?.status ?? null;
+"""
+STATUS_JS = """path => {""" + FIND_PANEL_JS + """
+  const counts = [];
+  let error = false;
+  for (const cell of panel.content.model.cells) {
+    if (cell.type !== 'code') continue;
+    counts.push(cell.executionCount);
+    for (let i = 0; i < cell.outputs.length; i++) error ||= cell.outputs.get(i).type === 'error';
+  }
+  return {dirty: panel.context.model.dirty, kernel, counts, error};
+}"""
+STATE_JS = """path => {""" + FIND_PANEL_JS + """
   const cells = [];
   for (const cell of panel.content.model.cells) {
     cells.push({type: cell.type, source: cell.sharedModel.getSource(),
                 count: cell.type === 'code' ? cell.executionCount : null,
                 outputs: cell.type === 'code' ? cell.outputs.toJSON() : []});
   }
-  return {dirty: panel.context.model.dirty,
-          kernel: panel.sessionContext.session?.kernel?.status ?? null, cells};
+  return {dirty: panel.context.model.dirty, kernel, cells};
+}"""
+# Open a notebook in the running JupyterLab (what its /lab/tree/<path> URL does), and close it
+# unsaved (disposing the panel asks nothing).
+OPEN_JS = "async path => { await window.jupyterapp.commands.execute('docmanager:open', {path}); }"
+CLOSE_JS = """path => {
+  const app = window.jupyterapp;
+  for (const w of Array.from(app.shell.widgets('main'))) if (w.context?.path === path) w.dispose();
 }"""
 
 
@@ -163,36 +186,30 @@ def browser(tmp_path_factory):
             context.close()
 
 
-def wait_for_state(page, path: str, done, what: str, timeout_s: float) -> dict:
-    """Poll the notebook's state until done(state); fail naming `what` on time-out."""
+def wait_for_status(page, path: str, done, what: str, timeout_s: float) -> dict:
+    """Poll the notebook's status (STATUS_JS) until done(status); fail naming `what` on
+    time-out."""
     deadline = time.monotonic() + timeout_s
-    state = None
+    status = None
     while time.monotonic() < deadline:
-        state = page.evaluate(STATE_JS, path)
-        if state is not None and done(state):
-            return state
+        status = page.evaluate(STATUS_JS, path)
+        if status is not None and done(status):
+            return status
         page.wait_for_timeout(250)
     pytest.fail(f"{path}: timed out after {timeout_s:.0f} s waiting for {what}; "
-                f"last state: {summary(state)}")
+                f"last state: {summary(status)}")
 
 
-def summary(state) -> str:
-    if state is None:
+def summary(status) -> str:
+    if status is None:
         return "notebook not open"
-    counts = [cell["count"] for cell in state["cells"] if cell["type"] == "code"]
-    return f"kernel {state['kernel']}, execution counts {counts}"
+    return f"kernel {status['kernel']}, execution counts {status['counts']}"
 
 
-def has_error(state) -> bool:
-    return any(output["output_type"] == "error"
-               for cell in state["cells"] for output in cell["outputs"])
-
-
-def finished(state) -> bool:
+def finished(status) -> bool:
     """Kernel idle and every code cell run (or stopped by an error, checked afterwards)."""
-    counts = [cell["count"] for cell in state["cells"] if cell["type"] == "code"]
-    return state["kernel"] == "idle" and (all(count is not None for count in counts)
-                                          or has_error(state))
+    return status["kernel"] == "idle" and (all(count is not None for count in status["counts"])
+                                           or status["error"])
 
 
 def problems(state) -> list[str]:
@@ -219,20 +236,35 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks in notebooks/"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
-def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
+@pytest.fixture(scope="module")
+def lab_page(lab, browser):
+    """One JupyterLab page for every notebook (each opened and closed in it in turn)."""
     base, token = lab
-    path = notebook.relative_to(ROOT).as_posix()
-    committed = notebook.read_bytes()
     page = browser.new_page()
     page.bring_to_front()  # the page a reader looks at (hidden pages may defer rendering)
+    page.goto(f"{base}/lab?token={token}")
+    page.wait_for_function("() => window.jupyterapp?.started !== undefined", timeout=180_000)
+    page.evaluate("() => window.jupyterapp.started")
+    page.evaluate("() => window.jupyterapp.restored")
     try:
-        page.goto(f"{base}/lab/tree/{path}?token={token}")
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_restart_and_run_all_in_jupyterlab(lab, lab_page, notebook):
+    base, token = lab
+    page = lab_page
+    path = notebook.relative_to(ROOT).as_posix()
+    committed = notebook.read_bytes()
+    try:
+        page.evaluate(OPEN_JS, path)
         # Open, with its kernel started and idle: nothing has run, so nothing may have changed.
-        wait_for_state(page, path, lambda state: state["kernel"] == "idle",
-                       "the notebook to open with an idle kernel", 180)
+        wait_for_status(page, path, lambda status: status["kernel"] == "idle",
+                        "the notebook to open with an idle kernel", 180)
         page.wait_for_timeout(1000)  # let JupyterLab finish what it does on open
-        opened = page.evaluate(STATE_JS, path)
+        opened = page.evaluate(STATUS_JS, path)
         assert not opened["dirty"], (
             f"{path} is marked modified right after opening, before anything ran (e.g. metadata "
             "that JupyterLab rewrites, such as the kernelspec's display_name)")
@@ -242,11 +274,11 @@ def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
         page.locator(".jp-Dialog .jp-mod-accept").click()  # "Confirm Kernel Restart"
         # Run All clears every cell's execution count when it queues them, so the counts left
         # from before the restart cannot be mistaken for a finished run.
-        wait_for_state(page, path, lambda state: any(
-            cell["type"] == "code" and cell["count"] is None for cell in state["cells"]),
-            "the run to start", 120)
-        state = wait_for_state(page, path, finished, "every cell to run", RUN_TIMEOUT_S)
+        wait_for_status(page, path, lambda status: None in status["counts"],
+                        "the run to start", 120)
+        wait_for_status(page, path, finished, "every cell to run", RUN_TIMEOUT_S)
 
+        state = page.evaluate(STATE_JS, path)
         found = problems(state)
         if any(FIGURE_CALL.search(cell["source"]) for cell in state["cells"]):
             figures = page.locator(".jp-OutputArea-output img").filter(visible=True)
@@ -258,8 +290,8 @@ def test_restart_and_run_all_in_jupyterlab(lab, browser, notebook):
         assert not found, f"{path} in JupyterLab:\n" + "\n".join(found)
         assert notebook.read_bytes() == committed, f"{path} was saved (autosave should be off)"
     finally:
-        page.close()  # drops the unsaved notebook (no beforeunload prompt)
+        page.keyboard.press("Escape")  # a dialog left open by a failure
+        page.evaluate(CLOSE_JS, path)  # drops the unsaved notebook
         # Shut the kernel down, freeing its memory before the next notebook.
         for session in api(base, token, "/api/sessions"):
             api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
-

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import max_difference
 from tensorflow.core.util import event_pb2
 
 from helpers.model import create_cnn
@@ -55,11 +56,6 @@ def make_callbacks(directory: Path):
         "csv": keras.callbacks.CSVLogger(directory / "log.csv"),
         "tensorboard": keras.callbacks.TensorBoard(directory / "tensorboard"),
     }
-
-
-def max_difference(a, b) -> float:
-    assert [np.shape(x) for x in a] == [np.shape(y) for y in b]
-    return max(float(np.max(np.abs(np.subtract(x, y, dtype=np.float64)))) for x, y in zip(a, b))
 
 
 def trained(train, small_split, directory, **kwargs):

@@ -1,24 +1,27 @@
 """The Setup cell's generated install block, run as Colab runs it, in a fresh virtual environment.
 
 The environment already holds TensorFlow and Keras at the oldest supported versions
-(requirements-oldest.txt), as Colab holds its own: older than the pins, inside the range. A
-stand-in ``google.colab`` module makes the block take its hosted path, and a local copy of the
-package replaces the GitHub requirement. The block must install helpers and the missing packages,
-and leave TensorFlow and Keras exactly as they were (same version, same files). Before that, the
-same block without ``google.colab`` (a notebook downloaded alone) must stop with a message that
-says what to install.
+(requirements-oldest.txt), as Colab holds its own: older than the pins, inside the range. They are
+not installed again: the environment gets TensorFlow, Keras and what they depend on, and nothing
+else, hard-linked (or copied) file by file from .venv-oldest (which `scripts/setup.sh --oldest`
+makes, or finds up to date), plus IPython from pip. A stand-in ``google.colab`` module makes the
+block take its hosted path, and a local copy of the package replaces the GitHub requirement. The
+block must install helpers and the missing packages, and leave TensorFlow and Keras exactly as
+they were (same version, same files). Before that, the same block without ``google.colab`` (a
+notebook downloaded alone) must stop with a message that says what to install.
 
-Takes a few minutes (pip installs TensorFlow into the new environment); deselect with
-``-m "not venv"``.
+Takes a minute or two (pip installs pandas, scikit-learn, scipy, matplotlib; more the first time,
+when it makes .venv-oldest); deselect with ``-m "not venv"``.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,8 +31,8 @@ from helpers.tooling.notebook_index import install_block
 pytestmark = pytest.mark.venv
 
 ROOT = Path(__file__).resolve().parent.parent
-# The packages the fresh environment starts with: the oldest supported TensorFlow and Keras, and
-# IPython to run the block's %pip line (Colab has all three).
+# The packages the fresh environment starts with: the oldest supported TensorFlow and Keras (and
+# what they depend on), and IPython to run the block's %pip line (Colab has all of them).
 PREINSTALLED = ("tensorflow", "keras")
 
 
@@ -46,17 +49,81 @@ def dist_info(venv: Path, name: str) -> list[Path]:
     return sorted(venv.glob(f"lib/python*/site-packages/{name}-*.dist-info"))
 
 
+# Run by .venv-oldest's Python: the installed distributions `names` need, with their own names
+# (markers evaluated, extras left out), each with its site-packages folder and its RECORD's files.
+CLOSURE = """
+import json, sys
+from importlib.metadata import distribution
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+todo, seen, found = list(sys.argv[1:]), set(), []
+while todo:
+    name = canonicalize_name(todo.pop())
+    if name in seen:
+        continue
+    seen.add(name)
+    dist = distribution(name)
+    found.append({"name": name, "root": str(dist.locate_file("")),
+                  "files": [str(path) for path in dist.files or ()]})
+    for spec in dist.requires or ():
+        requirement = Requirement(spec)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            todo.append(requirement.name)
+print(json.dumps(found))
+"""
+
+
+def oldest_venv() -> Path:
+    """.venv-oldest, with TensorFlow and Keras at the oldest pins; made by `scripts/setup.sh
+    --oldest` if it does not hold them yet (.ci/run makes it before the tests)."""
+    venv, pins = ROOT / ".venv-oldest", oldest_pins()
+    if not all(any(venv.glob(f"lib/python*/site-packages/{name}-{pins[name]}.dist-info"))
+               for name in PREINSTALLED):
+        made = run(["bash", str(ROOT / "scripts" / "setup.sh"), "--oldest"], cwd=ROOT)
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
+    return venv
+
+
+def link_distributions(source_python: Path, names, site_packages: Path) -> list[str]:
+    """Put the distributions `names` need, as installed for `source_python`, into
+    `site_packages`: every file their RECORDs list there (hard links where possible; scripts in
+    bin/, which name the other Python, are left out). Returns the distributions' names."""
+    listed = run([str(source_python), "-I", "-c", CLOSURE, *names], cwd=site_packages)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    distributions = json.loads(listed.stdout)
+    for dist in distributions:
+        root = Path(dist["root"])
+        for name in dist["files"]:
+            source, target = root / name, site_packages / name
+            if name.startswith("..") or not source.is_file() or target.exists():
+                continue  # bin/ scripts; a .pyc never written; a file a RECORD lists twice
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)  # pip replaces files, never writes into them
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                shutil.copy2(source, target)  # another file system
+    return [dist["name"] for dist in distributions]
+
+
 @pytest.fixture(scope="module")
 def colab_venv(tmp_path_factory):
-    """A new virtual environment holding only TensorFlow, Keras (oldest supported) and IPython."""
+    """A new virtual environment holding only TensorFlow, Keras (oldest supported, with what they
+    depend on, from .venv-oldest) and IPython (from pip)."""
+    source_python = oldest_venv() / "bin" / "python"
     venv = tmp_path_factory.mktemp("colab") / "venv"
-    created = run([sys.executable, "-m", "venv", str(venv)], cwd=venv.parent)
+    created = run([str(source_python), "-m", "venv", str(venv)], cwd=venv.parent)
     assert created.returncode == 0, created.stderr
-    pins = oldest_pins()
-    specs = [f"{name}=={pins[name]}" for name in PREINSTALLED] + ["ipython"]
-    installed = run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *specs],
+    site_packages = next(venv.glob("lib/python*/site-packages"))
+    linked = link_distributions(source_python, PREINSTALLED, site_packages)
+    assert set(PREINSTALLED) <= set(linked), linked
+    installed = run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "ipython"],
                     cwd=venv.parent)
     assert installed.returncode == 0, installed.stderr
+    check = run([str(venv / "bin" / "python"), "-I", "-c", "import keras, tensorflow"],
+                cwd=venv.parent, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert check.returncode == 0, check.stderr[-3000:]
     return venv
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import max_difference
 
 from helpers.model import create_cnn
 from helpers.tooling.speed import dtype_policy
@@ -36,11 +37,6 @@ CLASS_WEIGHT = {0: 3.0, 1: 0.25, 7: 2.0}  # the classes left out keep weight 1, 
 
 def orders():
     return epoch_orders(N_TRAIN, EPOCHS, 1)
-
-
-def max_difference(a, b) -> float:
-    assert [np.shape(x) for x in a] == [np.shape(y) for y in b]
-    return max(float(np.max(np.abs(np.subtract(x, y, dtype=np.float64)))) for x, y in zip(a, b))
 
 
 def history_difference(a: dict, b: dict) -> float:

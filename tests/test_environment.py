@@ -47,6 +47,7 @@ def test_installed_metadata_is_pyproject():
     assert sorted(map(str, environment.requirements())) == sorted(map(str, declared()))
 
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("requirement", declared(), ids=str)
 def test_range_ends_are_the_tested_requirement_files(requirement):
     """requirements.txt pins the newest tested versions, requirements-oldest.txt the lower
@@ -86,12 +87,14 @@ def fake_installed(monkeypatch):
     return installed, calls
 
 
+@pytest.mark.versionless
 def test_pinned_environment_is_quiet(fake_installed, capsys):
     installed, calls = fake_installed
     assert environment.check_environment(install_missing=True) == installed
     assert calls == [] and capsys.readouterr().out == ""
 
 
+@pytest.mark.versionless
 def test_outside_the_range_is_kept_with_a_message(fake_installed, capsys):
     installed, calls = fake_installed
     installed.update(tensorflow="2.23.0", keras="3.4.1")
@@ -104,6 +107,7 @@ def test_outside_the_range_is_kept_with_a_message(fake_installed, capsys):
     assert "Using tensorflow 2.23.0, keras 3.4.1. Bit-for-bit" in out
 
 
+@pytest.mark.versionless
 def test_missing_packages_are_installed_on_a_hosted_notebook_only(fake_installed, capsys):
     installed, calls = fake_installed
     del installed["pandas"], installed["scipy"]
@@ -115,6 +119,7 @@ def test_missing_packages_are_installed_on_a_hosted_notebook_only(fake_installed
     assert "Installing what is missing: scipy>=1.13, pandas>=2.2" in capsys.readouterr().out
 
 
+@pytest.mark.versionless
 def test_tensorflow_cpu_counts_as_tensorflow(fake_installed):
     installed, calls = fake_installed
     installed["tensorflow-cpu"] = installed.pop("tensorflow")  # as on Binder
@@ -122,6 +127,7 @@ def test_tensorflow_cpu_counts_as_tensorflow(fake_installed):
     assert calls == []
 
 
+@pytest.mark.versionless
 def test_missing_tensorflow_is_installed_within_the_range(fake_installed):
     installed, calls = fake_installed
     del installed["tensorflow"]
@@ -129,6 +135,7 @@ def test_missing_tensorflow_is_installed_within_the_range(fake_installed):
     assert calls[0][5:] == ["tensorflow<2.22,>=2.18"]
 
 
+@pytest.mark.versionless
 def test_hosted_means_colab_or_kaggle(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
@@ -140,6 +147,7 @@ def test_hosted_means_colab_or_kaggle(monkeypatch):
     assert environment.hosted()
 
 
+@pytest.mark.versionless
 def test_importable_without_numpy_or_tensorflow():
     """The Setup cell imports it before the packages it checks may exist."""
     code = ("import sys; sys.modules.update(numpy=None, tensorflow=None, keras=None); "

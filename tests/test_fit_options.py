@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import max_difference
 
 from helpers.training import (
     DIFFERENCE_KEYS,
@@ -140,12 +141,6 @@ def train_loop(case: Case, data, fixes=DIFFERENCE_KEYS) -> Trained:
             **({"batch_orders": in_file_order} if "shuffle" in fixes else {}), **options)
         history.pop("seconds")
         return _snapshot(model, history)
-
-
-def max_difference(a: list, b: list) -> float:
-    assert [np.shape(u) for u in a] == [np.shape(v) for v in b]
-    return max(float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
-               for u, v in zip(a, b))
 
 
 def history_difference(fit: dict, loop: dict) -> float:

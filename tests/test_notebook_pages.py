@@ -31,6 +31,7 @@ def stderr_lines(notebook):
 
 # --- item 9 ------------------------------------------------------------------------------------
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_tensorflow_log_lines_in_committed_outputs(path):
     noise = [line for line in stderr_lines(nbformat.read(path, as_version=4))
@@ -51,6 +52,7 @@ def test_importing_helpers_quiet_tensorflow_prints_no_start_up_lines():
                 or "absl::InitializeLog" in line], result.stderr
 
 
+@pytest.mark.versionless
 def test_only_known_start_up_lines_are_dropped():
     assert is_start_up_line("I0000 00:00:1795761132.467744    9167 port.cc:153] oneDNN custom "
                             "operations are on.")
@@ -60,6 +62,7 @@ def test_only_known_start_up_lines_are_dropped():
     assert not is_start_up_line("Traceback (most recent call last):")
 
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_setup_cell_imports_quiet_tensorflow_before_tensorflow(path):
     setup = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
@@ -72,6 +75,7 @@ def test_setup_cell_imports_quiet_tensorflow_before_tensorflow(path):
 
 # --- item 10 -----------------------------------------------------------------------------------
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_metadata_is_what_jupyterlab_writes(path):
     notebook = nbformat.read(path, as_version=4)
@@ -88,6 +92,7 @@ WRITERS = re.compile(r"\.(savefig|to_csv)\(\s*([^,)]+)|\bpath=([^,)]+)"
                      r"|\(?(\w+)(?: / [^)\n]*)?\)?\.write_text\(")
 
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_outputs_go_to_a_folder_named_by_the_settings(path):
     """Every file a notebook writes goes under a folder made by `results_dir_for` or
@@ -111,6 +116,7 @@ def _last_links(path):
     return re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", last.source)
 
 
+@pytest.mark.versionless
 @pytest.mark.parametrize("index", range(len(NOTEBOOKS)), ids=lambda i: NOTEBOOKS[i].name)
 def test_every_notebook_ends_with_a_link_to_the_next(index):
     path = NOTEBOOKS[index]
@@ -121,6 +127,7 @@ def test_every_notebook_ends_with_a_link_to_the_next(index):
         assert (path.parent / link).resolve().exists(), link
 
 
+@pytest.mark.versionless
 def test_readme_quick_start_opens_jupyterlab():
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]

@@ -16,13 +16,15 @@ from helpers.tooling.notebook_index import REPOSITORY
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
 
+pytestmark = pytest.mark.versionless
+
 
 def code_cells(path):
     return [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
 
 
 def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 4
+    assert NOTEBOOKS, "no notebooks/0*.ipynb: every test below would be skipped"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -45,7 +47,11 @@ def test_setup_then_parameters_then_validation(path):
     listed = papermill.inspect_notebook(str(path))
     assert set(listed) == names
     assert all(info["inferred_type_name"] != "None" and info["help"] for info in listed.values())
-    assert "validate_parameters(" in cells[tagged[0] + 1].source
+    validation = cells[tagged[0] + 1].source
+    assert "validate_parameters(" in validation
+    # Every parameter reaches the validation cell (papermill's bad values: test_papermill.py).
+    used = {node.id for node in ast.walk(ast.parse(validation)) if isinstance(node, ast.Name)}
+    assert names <= used, f"parameters the validation cell does not check: {names - used}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -77,8 +83,8 @@ PRINTING_PARAMETERS = [path for path in NOTEBOOKS
                        if _printed_parameters(_parameters_and_validation(path)[1])]
 
 
-def test_most_notebooks_print_their_parameters():
-    assert len(PRINTING_PARAMETERS) >= 6, [path.name for path in PRINTING_PARAMETERS]
+def test_some_notebooks_print_their_parameters():
+    assert PRINTING_PARAMETERS, "no validation cell prints its parameters: nothing checked below"
 
 
 @pytest.mark.parametrize("path", PRINTING_PARAMETERS, ids=lambda p: p.name)

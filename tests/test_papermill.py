@@ -1,9 +1,14 @@
-"""The notebooks as a reader reruns them with papermill: parameters are listed, changed values are
-used, and a bad value stops the run at the validation cell with a message naming it."""
+"""The notebooks as a reader reruns them with papermill: changed values are injected and used, and a
+bad value stops the run at the validation cell with a message naming it.
+
+Each run executes a copy of the notebook that ends with its validation cell (the code cell after
+the parameters cell): injection and validation are what papermill adds; the whole notebooks run
+under nbval and in JupyterLab (tests/test_browser.py), and tests/test_notebooks.py checks that
+every parameter reaches the validation cell.
+"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -13,11 +18,27 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    """A copy of the notebooks folder, so outputs land in tmp_path/output."""
-    shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")
-    return tmp_path / "notebooks"
+def through_validation(name: str, folder: Path) -> Path:
+    """notebooks/`name` up to and including its validation cell, written into `folder`."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cells = notebook.cells
+    tagged = next(i for i, cell in enumerate(cells)
+                  if "parameters" in cell.metadata.get("tags", []))
+    validation = next(i for i in range(tagged + 1, len(cells)) if cells[i].cell_type == "code")
+    notebook.cells = cells[:validation + 1]
+    path = folder / name
+    nbformat.write(notebook, path)
+    return path
+
+
+def execute(name: str, folder: Path, parameters: dict) -> nbformat.NotebookNode:
+    folder.mkdir(parents=True, exist_ok=True)
+    executed = folder / "executed.ipynb"
+    papermill.execute_notebook(
+        str(through_validation(name, folder)), str(executed), cwd=str(folder),
+        kernel_name="python3", parameters=parameters, progress_bar=False,
+    )
+    return nbformat.read(executed, as_version=4)
 
 
 def stream_text(notebook) -> str:
@@ -25,47 +46,34 @@ def stream_text(notebook) -> str:
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
 
 
-def test_changed_parameters_are_used(workdir):
-    executed = workdir / "executed.ipynb"
-    papermill.execute_notebook(
-        str(workdir / "01_fit_baseline.ipynb"), str(executed), cwd=str(workdir),
-        kernel_name="python3",
-        parameters={"folds": 2, "epochs": 1, "subset": 200, "output_dir": "../output"},
-        progress_bar=False,
-    )
-    text = stream_text(nbformat.read(executed, as_version=4))
+def test_changed_parameters_are_used(tmp_path):
+    parameters = {"folds": 2, "epochs": 1, "subset": 200, "output_dir": "../output"}
+    executed = execute("01_fit_baseline.ipynb", tmp_path / "notebooks", parameters)
+    tags = [cell.metadata.get("tags", []) for cell in executed.cells]
+    injected = next(i for i, cell_tags in enumerate(tags) if "injected-parameters" in cell_tags)
+    assert "parameters" in tags[injected - 1], "injected right after the parameters cell"
+    assert "folds = 2" in executed.cells[injected].source
+    text = stream_text(executed)
     assert "'epochs': 1" in text and "'folds': 2" in text and "'subset': 200" in text
-    assert (workdir.parent / "output" / "cv" / "subset200-folds2-epochs1-batch64-seed0" / "fit"
-            / "fold_01.csv").is_file()
+    # The validated values name the results folder the rest of the notebook writes into.
+    assert "cv/subset200-folds2-epochs1-batch64-seed0" in text, text[-2000:]
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("folds", 1, "folds=1"),
-    ("batch_size", 0, "batch_size=0"),
-    ("subset", 5, "subset=5"),
-])
-def test_bad_parameter_stops_with_a_clear_error(workdir, name, value, message):
-    executed = workdir / "executed.ipynb"
+def test_bad_parameter_stops_with_a_clear_error(tmp_path):
+    """(Each parameter's refused values: tests/test_params.py.)"""
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(
-            str(workdir / "04_cv_comparison.ipynb"), str(executed), cwd=str(workdir),
-            kernel_name="python3", parameters={name: value}, progress_bar=False,
-        )
-    assert error.value.ename == "ValueError"
-    assert message in error.value.evalue
-    assert not (workdir.parent / "output" / "cv").exists(), "nothing trained or written"
+        execute("04_cv_comparison.ipynb", tmp_path / "notebooks", {"folds": 1})
+    assert error.value.ename == "ParameterError"  # a ValueError naming the parameter
+    assert "folds=1" in error.value.evalue
+    assert not (tmp_path / "output").exists(), "nothing written"
 
 
 def test_notebook_07_refuses_a_bad_parameter(tmp_path):
     """Notebook 07's own parameters (beyond validate_parameters') stop the run by name, at the
-    validation cell, before anything is trained."""
-    notebook = NOTEBOOKS / "07_keep_fit_change_step.ipynb"
-    shutil.copy(notebook, tmp_path / notebook.name)
+    validation cell, before anything is written."""
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(
-            str(tmp_path / notebook.name), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path),
-            kernel_name="python3", progress_bar=False,
-            parameters={"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
-    assert error.value.ename == "ValueError"
+        execute("07_keep_fit_change_step.ipynb", tmp_path / "notebooks",
+                {"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
+    assert error.value.ename == "ParameterError"  # a ValueError naming the parameter
     assert "learning_rate=0.0" in error.value.evalue
     assert not (tmp_path / "output").exists()

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from helpers.model import create_cnn
 from helpers.training import DIFFERENCES
@@ -59,6 +60,7 @@ def test_fit_traces_its_step_once_with_a_partial_batch(mnist_small):
 
 # --- item 8 ------------------------------------------------------------------------------------
 
+@pytest.mark.versionless
 def test_notebook_02_lists_the_differences_in_order():
     text = _markdown("02_naive_tape_loop.ipynb")
     section = text.split("## The loop as the article wrote it", 1)[1].split("\n## ", 1)[0]
@@ -70,6 +72,7 @@ def test_notebook_02_lists_the_differences_in_order():
     assert "pd.DataFrame(DIFFERENCES)" in code
 
 
+@pytest.mark.versionless
 def test_notebook_03_switches_are_the_differences():
     code = "\n".join(c.source for c in _notebook("03_matched_tape_loop.ipynb").cells
                      if c.cell_type == "code")
@@ -79,6 +82,7 @@ def test_notebook_03_switches_are_the_differences():
     assert f"in {NUMBER_WORDS[len(DIFFERENCES)]} places" in _markdown("03_matched_tape_loop.ipynb")
 
 
+@pytest.mark.versionless
 def test_readme_and_notebook_04_agree_with_the_differences():
     readme = (ROOT / "README.md").read_text()
     intro = readme.split("## Notebooks", 1)[0]

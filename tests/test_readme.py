@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 QUICK_START = ["bash scripts/run_notebooks.sh", "bash scripts/test.sh"]
 
+pytestmark = pytest.mark.versionless
+
 COLAB = re.compile(
     r"https://colab\.research\.google\.com/github/(?P<repo>[^/\s)]+/[^/\s)]+)/blob/"
     r"(?P<branch>[^/\s)]+)/(?P<path>[^\s)?#]+)"

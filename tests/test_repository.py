@@ -29,6 +29,8 @@ GENERATED = ("README.md", "notebooks/")
 # results/ holds executed records of past runs, kept as they ran.
 ARCHIVED = ("results/",)
 
+pytestmark = pytest.mark.versionless
+
 
 def tracked_text_files(root: Path) -> dict[str, str]:
     names = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,

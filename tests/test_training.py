@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import max_difference
 
 from helpers.model import create_cnn
 from helpers.training import (
@@ -70,12 +71,6 @@ def max_history_difference(a: dict, b: dict) -> float:
     assert set(a) == set(b) == {*HISTORY_KEYS, "seconds"}
     assert all(len(a[key]) == len(b[key]) for key in a)
     return max(float(np.max(np.abs(np.subtract(a[key], b[key])))) for key in HISTORY_KEYS)
-
-
-def max_difference(a: list, b: list) -> float:
-    assert [x.shape for x in a] == [x.shape for x in b]
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-               for x, y in zip(a, b))
 
 
 def orders():
