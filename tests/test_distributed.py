@@ -84,10 +84,26 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+# Every process this pytest run starts inherits this mark, so that a namespace holder of another
+# run on the machine (e.g. notebook 08 executing in the notebooks' pytest alongside) is not taken
+# for one this run left behind.
+RUN_MARK = f"TAPE_VS_FIT_TEST_RUN={os.getpid()}"
+os.environ["TAPE_VS_FIT_TEST_RUN"] = str(os.getpid())
+
+
+def started_by_this_run(pid: int) -> bool:
+    try:
+        return RUN_MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # ended meanwhile
+        return False
+
+
 def left_behind(tmp_path: Path) -> list[int]:
-    """Workers of the run writing to `tmp_path`, and namespace holders, still running."""
+    """Workers of the run writing to `tmp_path`, and this run's namespace holders, still
+    running."""
     return (processes_mentioning(str(tmp_path))
-            + processes_mentioning("helpers.tooling.private_network"))
+            + [pid for pid in processes_mentioning("helpers.tooling.private_network")
+               if started_by_this_run(pid)])
 
 
 LISTEN = "0A"  # the state column of /proc/net/tcp (include/net/tcp_states.h: TCP_LISTEN = 10)
@@ -252,6 +268,16 @@ def test_workers_listen_only_inside_their_private_network(two_workers):
     assert ports <= {port for _, port in watch.workers}, (ports, watch.workers)
     appeared_on_host = {port for _, port in watch.host - watch.host_before}
     assert not ports & appeared_on_host
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private network namespace needs root")
+def test_a_running_holder_is_seen_as_this_runs_and_gone_after_close(tmp_path):
+    """What `left_behind` relies on: this run's namespace holder carries its mark while it runs,
+    and none of this run's is left once the network is closed."""
+    with LoopbackNetwork(1) as network:
+        assert network.private
+        assert network.holder.pid in left_behind(tmp_path)
+    assert not left_behind(tmp_path)
 
 
 def test_without_a_namespace_the_network_warns(monkeypatch):
