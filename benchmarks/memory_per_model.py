@@ -259,15 +259,6 @@ def prune_gradient_registry(keep: set) -> None:
         del ops.gradient_registry._registry[name]
 
 
-def forget_function_references() -> None:
-    """The references to the last traced step that the helpers keep as attributes."""
-    import helpers.training.loop as loop
-
-    for holder in (loop.train_tape_loop, loop.train_matched):
-        if hasattr(holder, "last_step"):
-            holder.last_step = None
-
-
 class ReusedModel:
     """One compiled model trained again and again, each time from the state
     ``create_cnn(seed=i)`` starts with: weights, Dropout SeedGenerator state, a fresh optimizer
@@ -280,7 +271,7 @@ class ReusedModel:
 
         from helpers.model import create_cnn
         from helpers.training import tape_train_step
-        from helpers.training.loop import _Evaluator
+        from helpers.training.step import Evaluator
 
         self.method, self.initial_states, self.batch_size = method, initial_states, batch_size
         self.model = model = create_cnn(seed=0)
@@ -298,7 +289,7 @@ class ReusedModel:
         self.step_metrics = step
         self.step = tf.function(step.step, input_signature=[x_spec, y_spec])
         dummy = (tf.zeros([1, 28, 28, 1]), tf.zeros([1, 10]))
-        self.evaluator = _Evaluator(model, dummy, batch_size, compiled=True)
+        self.evaluator = Evaluator(model, dummy, batch_size, compiled=True)
 
     def reset(self, index: int) -> None:
         import keras
@@ -317,8 +308,7 @@ class ReusedModel:
         import numpy as np
         import tensorflow as tf
 
-        from helpers.training import train_fit
-        from helpers.training.loop import epoch_orders
+        from helpers.training import epoch_orders, train_fit
 
         self.reset(index)
         train_data, val_data = fold_data(*data, index, images)
@@ -446,7 +436,6 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
         if "del" in config["after"]:
             del model, history, timer
             model = history = timer = None
-            forget_function_references()
         if "prune_registry" in config["after"]:
             prune_gradient_registry(registered_before)
         if "gc" in config["after"]:
@@ -480,7 +469,6 @@ def write_release_steps(path: Path) -> None:
 
     steps = [
         ("after the last model (model, History, callback dropped)", lambda: None),
-        ("+ helpers' last_step references dropped", forget_function_references),
         ("+ gc.collect()", gc.collect),
         ("+ keras.backend.clear_session()", keras.backend.clear_session),
         ("+ CustomGradient-* registry entries removed + gc.collect()",
