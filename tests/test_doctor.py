@@ -4,8 +4,6 @@ the zoo's loops; the command line's exit codes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import keras

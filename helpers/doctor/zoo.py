@@ -230,3 +230,113 @@ STEPS = {
     "train_step_override": ZooStep("correct: model.train_step((x, y))", article_cnn,
                                    train_step_override_step, ()),
 }
+
+
+# ---- whole loops, for check_loop ------------------------------------------------------------
+
+class ZooLoop(NamedTuple):
+    source: str
+    train: Callable  # train(model, x, y, epochs, batch_size, validation_data=None)
+    truth: tuple[str, ...]  # the LOOP_CHECKS keys check_loop must report
+
+
+def unseeded_cnn() -> keras.Model:
+    """The article's CNN with TensorFlow's global seed cleared afterwards, so that fit draws a
+    new shuffle every epoch (under the global seed it repeats one: notebook 03)."""
+    model = article_cnn()
+    tf.random.set_seed(None)
+    return model
+
+
+def fit_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """fit itself."""
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+              verbose=0)
+
+
+def article_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """The article: batches in file order, ``range(len(x) // batch_size)`` steps (the partial
+    batch dropped), validation with model(x_val)."""
+    step = article_step(model)
+    for _ in range(epochs):
+        for i in range(len(x) // batch_size):
+            step(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+        if validation_data is not None:
+            model(validation_data[0])
+
+
+def keras_guide_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """keras.io guide: ``Dataset.from_tensor_slices(...).shuffle(buffer_size=1024)
+    .batch(batch_size)`` (reshuffled each iteration, partial batch kept), validation with
+    ``model(x, training=False)``."""
+    step = keras_guide_step(model)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=1024)
+    dataset = dataset.batch(batch_size)
+    for _ in range(epochs):
+        for x_batch, y_batch in dataset:
+            step(x_batch, y_batch)
+        if validation_data is not None:
+            for x_val in tf.data.Dataset.from_tensor_slices(validation_data[0]).batch(batch_size):
+                model(x_val, training=False)
+
+
+def handson_random_batch_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """handson-ml3 ch. 12: ``random_batch`` draws ``np.random.randint(len(X), size=batch_size)``
+    (with replacement) for ``n_steps = len(X_train) // batch_size`` steps an epoch."""
+    step = handson_step(model)
+    rng = np.random.default_rng(0)
+
+    def random_batch(features, labels):
+        idx = rng.integers(len(features), size=batch_size)
+        return features[idx], labels[idx]
+
+    for _ in range(epochs):
+        for _ in range(len(x) // batch_size):
+            step(*random_batch(x, y))
+        if validation_data is not None:
+            model(validation_data[0], training=False)
+
+
+def training_mode_validation_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """A shuffled loop that keeps the partial batch but validates with training=True (Dropout
+    on in validation)."""
+    step = compute_loss_step(model)
+    rng = np.random.default_rng(0)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            step(x[batch], y[batch])
+        if validation_data is not None:
+            model(validation_data[0], training=True)
+
+
+def last_batch_metrics_loop(model, x, y, epochs, batch_size, validation_data=None):
+    """The keras.io guide's loop with a step that returns its loss, printed per epoch from the
+    last batch: a reporting bug outside the doctor's reach (the samples and the update are
+    fit's), so its true verdict is no difference."""
+    step = last_batch_metrics_step(model)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=1024)
+    losses = []
+    for _ in range(epochs):
+        for x_batch, y_batch in dataset.batch(batch_size):
+            loss = step(x_batch, y_batch)
+        losses.append(float(loss))  # the last batch's loss, not the epoch's mean
+        if validation_data is not None:
+            model(validation_data[0], training=False)
+    return losses
+
+
+LOOPS = {
+    "fit": ZooLoop("model.fit itself", fit_loop, ()),
+    "article": ZooLoop("the article (Medium)", article_loop, ("shuffle", "partial_batch")),
+    "keras_guide": ZooLoop("keras.io guide: tf.data shuffle(1024).batch()", keras_guide_loop, ()),
+    "handson_ml3": ZooLoop("handson-ml3 ch. 12: random_batch", handson_random_batch_loop,
+                           ("partial_batch", "replacement")),
+    "validation_in_training_mode": ZooLoop("validation with training=True",
+                                           training_mode_validation_loop,
+                                           ("validation_training",)),
+    "last_batch_metrics": ZooLoop("the last batch's loss reported as the epoch's",
+                                  last_batch_metrics_loop, ()),
+}
+LOOP_MODEL = unseeded_cnn  # the model every zoo loop trains
