@@ -4,6 +4,9 @@ the zoo's loops; the command line's exit codes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -11,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import compat
-from helpers.doctor import STEP_CHECKS, TOLERANCE, check_step
+from helpers.doctor import LOOP_CHECKS, STEP_CHECKS, TOLERANCE, check_loop, check_step
 from helpers.doctor.step import DoctorError
-from helpers.doctor.zoo import STEPS, article_cnn
+from helpers.doctor.zoo import LOOP_MODEL, LOOPS, STEPS, article_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
@@ -100,3 +103,85 @@ def test_uncompiled_model_and_raising_step_are_refused(data):
 def article_cnn_uncompiled():
     from helpers.model import create_cnn
     return create_cnn(seed=0, compile=False)
+
+
+# ---- check_loop ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LOOPS))
+def test_every_zoo_loop_gets_its_true_verdict(data, name):
+    x, y = data
+    report = check_loop(LOOP_MODEL, LOOPS[name].train, x[:200], y[:200], epochs=2,
+                        batch_size=BATCH, validation_data=(x[200:], y[200:]))
+    assert report.differences == LOOPS[name].truth, str(report)
+    assert set(report.differences) <= set(LOOP_CHECKS)
+
+
+def test_loop_counts_are_measured(data):
+    x, y = data
+    article = check_loop(LOOP_MODEL, LOOPS["article"].train, x[:200], y[:200], epochs=2,
+                         batch_size=BATCH)
+    assert article.batch_sizes == ((BATCH,) * 3,) * 2  # 200 // 64 steps, no partial batch
+    assert article.unseen == (200 - 3 * BATCH,) * 2 and article.repeated == (0, 0)
+    assert article.file_order == 2 and article.training_modes == {None: 6}
+    assert "[-] validation_training" in str(article)
+    fit = check_loop(LOOP_MODEL, LOOPS["fit"].train, x[:200], y[:200], epochs=2,
+                     batch_size=BATCH, validation_data=(x[200:], y[200:]))
+    assert fit.batch_sizes == ((BATCH,) * 3 + (200 - 3 * BATCH,),) * 2
+    assert fit.new_orders == 1 and fit.unseen == (0, 0)
+    assert fit.validation_modes == {False: 2}
+    assert all(sorted(order) == list(range(200)) for order in fit.orders)
+
+
+def test_loop_with_unequal_epochs_is_refused(data):
+    def one_step(model, x, y, epochs, batch_size):
+        model(x[:batch_size], training=True)
+    with pytest.raises(DoctorError, match="same number of steps"):
+        check_loop(LOOP_MODEL, one_step, *data, epochs=2, batch_size=BATCH)
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+CLI_MODULE = '''
+from helpers.doctor.zoo import article_cnn, article_step, compute_loss_step
+from helpers.model import create_cnn
+model_fn = article_cnn
+make_step = article_step
+good_step = compute_loss_step
+def raising(model):
+    def step(x, y):
+        raise ValueError("shapes do not match")
+    return step
+def uncompiled():
+    return create_cnn(compile=False)
+'''
+
+
+def run_cli(tmp_path, *args):
+    (tmp_path / "my_module.py").write_text(CLI_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "helpers.doctor", *args, "--subset", "100"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exit_codes_and_checklist(tmp_path):
+    differs = run_cli(tmp_path, "my_module:make_step", "--model", "my_module:model_fn")
+    assert differs.returncode == 1, differs.stderr
+    assert "[x] training" in differs.stdout and "[x] mean_loss" in differs.stdout
+    assert differs.stderr == ""  # no TensorFlow start-up lines
+    matches = run_cli(tmp_path, "my_module:good_step", "--model", "my_module:model_fn")
+    assert matches.returncode == 0, matches.stderr
+    assert "matches fit" in matches.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("nomod:make_step", "--model", "my_module:model_fn"), "cannot import module 'nomod'"),
+    (("my_module:nope", "--model", "my_module:model_fn"), "has no 'nope'"),
+    (("my_module:raising", "--model", "my_module:model_fn"), "your step raised ValueError"),
+    (("my_module:good_step", "--model", "my_module:uncompiled"), "uncompiled"),
+    (("my_module:good_step",), "--model"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
