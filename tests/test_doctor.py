@@ -112,7 +112,8 @@ def test_every_zoo_loop_gets_its_true_verdict(data, name):
     x, y = data
     report = check_loop(LOOP_MODEL, LOOPS[name].train, x[:200], y[:200], epochs=2,
                         batch_size=BATCH, validation_data=(x[200:], y[200:]))
-    assert report.differences == LOOPS[name].truth, str(report)
+    assert 200 % BATCH  # a partial batch to keep or drop
+    assert report.differences == LOOPS[name].truth == LOOPS[name].expected(200, BATCH), str(report)
     assert set(report.differences) <= set(LOOP_CHECKS)
 
 
@@ -130,6 +131,11 @@ def test_loop_counts_are_measured(data):
     assert fit.new_orders == 1 and fit.unseen == (0, 0)
     assert fit.validation_modes == {False: 2}
     assert all(sorted(order) == list(range(200)) for order in fit.orders)
+
+
+def test_no_partial_batch_to_drop_when_the_batch_size_divides():
+    assert LOOPS["article"].expected(256, BATCH) == ("shuffle",)
+    assert LOOPS["article"].expected(250, BATCH) == ("shuffle", "partial_batch")
 
 
 def test_loop_with_unequal_epochs_is_refused(data):

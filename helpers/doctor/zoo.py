@@ -239,6 +239,12 @@ class ZooLoop(NamedTuple):
     train: Callable  # train(model, x, y, epochs, batch_size, validation_data=None)
     truth: tuple[str, ...]  # the LOOP_CHECKS keys check_loop must report
 
+    def expected(self, num_samples: int, batch_size: int) -> tuple[str, ...]:
+        """The truth for this data: no partial batch to drop when `batch_size` divides
+        `num_samples`."""
+        return tuple(key for key in self.truth
+                     if key != "partial_batch" or num_samples % batch_size)
+
 
 def unseeded_cnn() -> keras.Model:
     """The article's CNN with TensorFlow's global seed cleared afterwards, so that fit draws a
