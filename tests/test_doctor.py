@@ -191,3 +191,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("name", ["keras_guide", "compute_loss"])
+def test_a_tf_function_step_draws_fit_s_dropout_mask(data, name):
+    """Both steps call the model with training=True once, from the same SeedGenerator state: a
+    tf.function step then gives fit's update bit for bit, so it drew fit's Dropout mask."""
+    entry = STEPS[name]
+    report = check_step(entry.model_fn, entry.make_step, *data, batch_size=BATCH)
+    assert report.max_difference == 0.0
