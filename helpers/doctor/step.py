@@ -45,7 +45,10 @@ from helpers.training.checkpoints import seed_generator_states
 # the tf.function ones bit for bit. Every cause in STEP_CHECKS, alone or paired, moves some
 # weight by 0.078 to 2 of fit's largest change (a summed loss under Adam: 0.78) -- over 70x the
 # tolerance -- and check_step also requires every update it tries to be at least SEPARATION x
-# the tolerance away from fit's and from that of each smaller set of switches.
+# the tolerance away from fit's and from that of each smaller set of switches. The other side:
+# a behaviour that changes no weight by more than the tolerance on this batch is reported as a
+# match, because on this batch it is one (under Adam a summed loss changes only the weights whose
+# gradient is near epsilon; the zoo's batches all have some, at 0.78 of an update).
 TOLERANCE = 1e-3
 SEPARATION = 10  # an explained difference is >= SEPARATION x TOLERANCE away from fit's update
 
