@@ -85,6 +85,7 @@ def test_unknown_cause_is_unexplained(data):
     assert report.differences == ("unexplained",)
     assert not report.matches_fit
     assert "[x] unexplained" in str(report)
+    assert "[ok]" not in str(report)  # nothing is certified as fit's when nothing is explained
 
 
 def test_uncompiled_model_and_raising_step_are_refused(data):

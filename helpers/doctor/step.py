@@ -146,6 +146,9 @@ class StepReport:
                 lines.append(f"  [-] {key}: nothing to check, {not_applicable[key]}")
             elif key in explained:
                 lines.append(f"  [x] {key}: {check.yours} (fit {check.fit})")
+            elif "unexplained" in self.differences:  # nothing reproduces your update
+                lines.append(f"  [?] {key}: unknown, your update is none of fit's step's "
+                             f"(fit {check.fit})")
             else:
                 lines.append(f"  [ok] {key}: as fit, which {check.fit}")
         if explained:
