@@ -91,10 +91,13 @@ def compile_argument(model: keras.Model, name: str):
 
 def build_like_fit(model: keras.Model, data_batch: tuple) -> None:
     """Create the compiled loss's and metrics' state and the optimizer's variables for batches
-    like `data_batch` (``(x, y)`` or ``(x, y, sample_weight)``) before the first step, as fit
-    does: keras/src/trainers/trainer.py: ``Trainer._symbolic_build`` (shapes only, nothing is
-    computed). Created inside the first call of a tf.function instead, they make it trace
-    twice."""
+    like `data_batch` (``(x, y)`` or ``(x, y, sample_weight)``) before the first step, with
+    Keras' own keras/src/trainers/trainer.py: ``Trainer._symbolic_build`` (shapes only, nothing
+    is computed). Created inside the first call of a tf.function instead, they make it trace
+    twice. fit builds them first only under a distribution strategy: with the TensorFlow backend
+    and none, ``TensorFlowTrainer._maybe_symbolic_build`` returns early and fit's first step
+    traces twice (keras/src/backend/tensorflow/trainer.py); the variables and the arithmetic are
+    the same either way."""
     model._symbolic_build(data_batch=data_batch)
 
 

@@ -117,7 +117,7 @@ def check_reproducible(model: keras.Model, fixes=DIFFERENCE_KEYS, *, weighted: b
 
 def _build_like_fit(model: keras.Model, x, y, sample_weight=None) -> None:
     """The compiled loss, metrics and optimizer built for batches like these before the first
-    step, as fit does (`helpers.compat.build_like_fit`)."""
+    step, so that the step traces once (`helpers.compat.build_like_fit`)."""
     require_compiled(model)
     compat.build_like_fit(model, (x, y) if sample_weight is None else (x, y, sample_weight))
 
