@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# A measurement script's options, files and arithmetic: the same with any versions.
+pytestmark = pytest.mark.versionless
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "memory_per_model.py"
 
