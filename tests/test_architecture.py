@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The source's import graph: the same with any versions.
+pytestmark = pytest.mark.versionless
+
 PACKAGE = Path(__file__).resolve().parent.parent / "helpers"
 # Each module's layer; a module may import its own layer and the ones below it.
 LAYERS = {

@@ -14,6 +14,9 @@ from helpers.experiments.params import (
     validate_parameters,
 )
 
+# Pure Python parameter checks: the same with any versions.
+pytestmark = pytest.mark.versionless
+
 
 @pytest.fixture(autouse=True)
 def _no_smoke_env(monkeypatch):
