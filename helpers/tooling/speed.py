@@ -88,6 +88,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -436,11 +437,16 @@ def load_columns(at_start: float, at_end: float) -> dict:
 
 
 def machine_state(table: pd.DataFrame) -> str:
-    """How a benchmark table's run met the machine, from its load columns, in words."""
+    """How a benchmark table's run met the machine, from its load columns, in words. Runs made
+    before the load was recorded carry NaN loads and the label their log gives."""
     row = table.iloc[0]
-    loads = (f"load average {row['load_average_start']:.1f} at the start, "
-             f"{row['load_average_end']:.1f} at the end, on {row.get('cpu_count', os.cpu_count())} "
-             "cores")
+    cores = row.get("cpu_count", os.cpu_count())
+    if math.isnan(row["load_average_start"]) and math.isnan(row["load_average_end"]):
+        loads = f"load average not recorded, {cores} cores; labelled so by the run's log"
+    else:
+        loads = "load average " + " and ".join(
+            f"{row[f'load_average_{when}']:.1f} at the {when}" for when in ("start", "end")
+            if not math.isnan(row[f"load_average_{when}"])) + f", on {cores} cores"
     if row["under_load"]:
         return (f"measured UNDER LOAD ({loads}): other jobs shared the machine, so only ratios "
                 "within the run compare, and they are noisy")
@@ -608,6 +614,38 @@ def format_table(summary: pd.DataFrame) -> str:
                      "(analytic: forward + gradients)")
     lines.append(machine_state(summary))
     return "\n".join(lines)
+
+
+def compared_with(summary: pd.DataFrame, method: str, reference: str = REFERENCE) -> str:
+    """"about as fast as" when the interquartile ranges of `method` and `reference` overlap, else
+    "faster than" or "slower than"."""
+    by = summary.set_index("method")
+    low, high = by.loc[method, ["samples_per_s_q25", "samples_per_s_q75"]]
+    ref_low, ref_high = by.loc[reference, ["samples_per_s_q25", "samples_per_s_q75"]]
+    if low <= ref_high and ref_low <= high:
+        return "about as fast as"
+    return "faster than" if low > ref_high else "slower than"
+
+
+def verdict(summary: pd.DataFrame, method: str, reference: str = REFERENCE) -> str:
+    """One line: `method`'s throughput as a multiple of `reference`'s and `compared_with`."""
+    by = summary.set_index("method")["samples_per_s"]
+    comparison = compared_with(summary, method, reference)
+    spread = "IQRs overlap" if comparison == "about as fast as" else "IQRs apart"
+    return (f"{method}: {by[method] / by[reference]:.2f}x {reference}, {comparison} {reference} "
+            f"({spread})")
+
+
+def read_committed(folder, name: str) -> pd.DataFrame:
+    """The committed benchmark table `name` (e.g. "throughput.csv") from `folder`; a missing file
+    is refused as the notebooks' ``benchmark_dir`` parameter."""
+    from helpers.experiments.params import refuse
+
+    path = Path(folder) / name
+    if not path.is_file():
+        refuse("benchmark_dir", str(folder), f"it must hold the committed benchmark table {name} "
+               "(results/benchmarks/ in the repository)")
+    return pd.read_csv(path)
 
 
 # ----------------------------------------------------------------------------------------------
