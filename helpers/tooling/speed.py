@@ -1,6 +1,6 @@
 """Training throughput of fit() and of GradientTape loops, measured fairly.
 
-Used by ``benchmarks/throughput.py`` and notebook 06; nothing here is copied into either.
+Used by ``benchmarks/throughput.py`` and notebook 05_speed; nothing here is copied into either.
 
 What is measured: training only (no validation), in samples per second, per epoch. Every method
 trains its own copy of the article's CNN (``create_cnn(seed)``: the same initial weights), and the
@@ -96,6 +96,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.differences import DIFFERENCE_KEYS
+from helpers.experiments.params import refuse
 from helpers.model import create_cnn
 from helpers.training import EpochOrders, Trainer, matched_train_step, tape_loop_trainer
 from helpers.training.fit import EpochTimer
@@ -639,8 +640,6 @@ def verdict(summary: pd.DataFrame, method: str, reference: str = REFERENCE) -> s
 def read_committed(folder, name: str) -> pd.DataFrame:
     """The committed benchmark table `name` (e.g. "throughput.csv") from `folder`; a missing file
     is refused as the notebooks' ``benchmark_dir`` parameter."""
-    from helpers.experiments.params import refuse
-
     path = Path(folder) / name
     if not path.is_file():
         refuse("benchmark_dir", str(folder), f"it must hold the committed benchmark table {name} "
