@@ -6,7 +6,8 @@ side): this is what bfloat16 does to the result. Every model is built and traine
 `helpers.tooling.speed.dtype_policy`; the matched loop equals fit under either policy
 (tests/test_fit_options.py), so fit alone is cross-validated by default. Prints the final-epoch
 summary and the paired comparison (bf16 minus float32, per fold) and writes the tidy per-epoch
-table as CSV.
+table as CSV, with the load average before and after the run (its seconds mean little under load;
+its accuracies do not depend on it).
 
     python benchmarks/bf16_accuracy.py           # 6 folds, 5 epochs, 6,000 images (~10 min)
     python benchmarks/bf16_accuracy.py --quick   # seconds-long smoke run
@@ -64,8 +65,9 @@ def main(argv=None):
 
     from helpers.data import load_mnist
     from helpers.experiments.compare import final_epoch, paired_comparison
-    from helpers.tooling.speed import policy_cross_validation
+    from helpers.tooling.speed import load_average, load_columns, policy_cross_validation
 
+    load_at_start = load_average()
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; {len(x)} samples, {args.folds} folds, "
@@ -91,7 +93,8 @@ def main(argv=None):
     stamp = dict(samples=args.samples, folds=args.folds, epochs=args.epochs,
                  batch_size=args.batch_size, seed=args.seed, tensorflow=tf.__version__,
                  keras=keras.__version__, cpu_count=os.cpu_count(), quick=args.quick,
-                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 **load_columns(load_at_start, load_average()))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.assign(**stamp).to_csv(args.csv, index=False)
     paired_csv = args.csv.with_name(args.csv.stem + "_paired.csv")

@@ -5,10 +5,12 @@ rotated each round) so machine noise hits them alike; the first epoch of each is
 (tracing, XLA compilation) and is not counted. Throughput is the median over the measured epochs,
 training only (no validation), and every ratio is to ``model.fit`` with ``jit_compile="auto"``
 measured in the same run. Achieved GFLOP/s come from an analytic FLOP count (3 x the forward
-pass's conv and dense FLOPs) and are compared with a float32 matmul measured in the same run.
+pass's conv and dense FLOPs) and are compared with a float32 matmul measured in the same run --
+only on an idle machine, over epochs of 100 steps or more, and never above 100%. The load average
+before and after the run is in every row; above 1.5 the run is labelled as measured under load.
 See helpers/tooling/speed.py for the details.
 
-    python benchmarks/throughput.py                    # the full measurement (several minutes)
+    python benchmarks/throughput.py                    # every method (~15 min on 2 idle cores)
     python benchmarks/throughput.py --quick            # seconds-long smoke run (CI)
     python benchmarks/throughput.py --methods fit_auto matched_graph matched_xla --epochs 3
 """
