@@ -1,6 +1,11 @@
 """helpers.doctor: every zoo step's verdict exactly (the right keys and no others), correct steps
 in three styles get no differences, bad input is refused in one line; check_loop's answers for
-the zoo's loops; the command line's exit codes."""
+the zoo's loops; the command line's exit codes.
+
+Kept lean for CI: each zoo step and loop is checked once (module-scoped caches) and every test
+reads the same reports; the command line runs in a subprocess once (the real ``python -m``
+entry point, its exit status and a stderr free of TensorFlow's lines), its other cases
+in-process through ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ import tensorflow as tf
 
 from helpers import compat
 from helpers.doctor import LOOP_CHECKS, STEP_CHECKS, TOLERANCE, check_loop, check_step
+from helpers.doctor.__main__ import main
 from helpers.doctor.step import DoctorError
 from helpers.doctor.zoo import LOOP_MODEL, LOOPS, STEPS, article_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
+TRAIN = 200  # check_loop's training samples: 3 batches of 64 and a partial one of 8
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +35,39 @@ def data(mnist_small):
     return x[:256], y[:256]
 
 
+@pytest.fixture(scope="module")
+def step_report(data):
+    """check_step's report for a zoo step, computed once per module."""
+    reports = {}
+
+    def report(name):
+        if name not in reports:
+            entry = STEPS[name]
+            if entry.pinned_only and not compat.supports("loss_scaling"):
+                pytest.skip("loss scaling needs Keras 3.15")
+            reports[name] = check_step(entry.model_fn, entry.make_step, *data, batch_size=BATCH)
+        return reports[name]
+    return report
+
+
+@pytest.fixture(scope="module")
+def loop_report(data):
+    """check_loop's report for a zoo loop (2 epochs, with validation data), computed once."""
+    x, y = data
+    reports = {}
+
+    def report(name):
+        if name not in reports:
+            reports[name] = check_loop(LOOP_MODEL, LOOPS[name].train, x[:TRAIN], y[:TRAIN],
+                                       epochs=2, batch_size=BATCH,
+                                       validation_data=(x[TRAIN:], y[TRAIN:]))
+        return reports[name]
+    return report
+
+
 @pytest.mark.parametrize("name", sorted(STEPS))
-def test_every_zoo_step_gets_its_true_verdict(data, name):
-    entry = STEPS[name]
-    if entry.pinned_only and not compat.supports("loss_scaling"):
-        pytest.skip("loss scaling needs Keras 3.15")
-    report = check_step(entry.model_fn, entry.make_step, *data, batch_size=BATCH)
+def test_every_zoo_step_gets_its_true_verdict(step_report, name):
+    entry, report = STEPS[name], step_report(name)
     assert report.differences == entry.truth, str(report)
     assert report.matches_fit == (not entry.truth)
     assert set(report.differences) <= set(STEP_CHECKS)
@@ -50,12 +84,18 @@ def test_three_correct_styles_are_in_the_zoo():
     assert len(correct) == 3
 
 
-def test_report_reads_as_a_checklist_with_numbers(data):
-    entry = STEPS["article"]
-    text = str(check_step(entry.model_fn, entry.make_step, *data, batch_size=BATCH))
+def test_report_reads_as_a_checklist_with_numbers(step_report):
+    text = str(step_report("article"))
     assert "DIFFERS from fit" in text
     assert "[x] training" in text and "[x] mean_loss" in text
     assert "Proof:" in text and "×" in text
+
+
+@pytest.mark.parametrize("name", ["keras_guide", "compute_loss"])
+def test_a_tf_function_step_draws_fit_s_dropout_mask(step_report, name):
+    """Both steps call the model with training=True once, from the same SeedGenerator state: a
+    tf.function step then gives fit's update bit for bit, so it drew fit's Dropout mask."""
+    assert step_report(name).max_difference == 0.0
 
 
 def test_sgd_summed_loss_reports_the_batch_size_factor(data):
@@ -67,6 +107,7 @@ def test_sgd_summed_loss_reports_the_batch_size_factor(data):
     report = check_step(model_fn, STEPS["summed_loss"].make_step, *data, batch_size=BATCH)
     assert report.differences == ("mean_loss",)
     assert report.scale == pytest.approx(BATCH, rel=1e-3)
+    assert f"your update is {BATCH:.3g}× fit's" in str(report)
 
 
 def test_unknown_cause_is_unexplained(data):
@@ -88,6 +129,11 @@ def test_unknown_cause_is_unexplained(data):
     assert "[ok]" not in str(report)  # nothing is certified as fit's when nothing is explained
 
 
+def article_cnn_uncompiled():
+    from helpers.model import create_cnn
+    return create_cnn(seed=0, compile=False)
+
+
 def test_uncompiled_model_and_raising_step_are_refused(data):
     with pytest.raises(DoctorError, match="uncompiled"):
         check_step(article_cnn_uncompiled, STEPS["article"].make_step, *data,
@@ -101,37 +147,52 @@ def test_uncompiled_model_and_raising_step_are_refused(data):
         check_step(article_cnn, broken, *data, batch_size=BATCH)
 
 
-def article_cnn_uncompiled():
-    from helpers.model import create_cnn
-    return create_cnn(seed=0, compile=False)
-
-
 # ---- check_loop ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(LOOPS))
-def test_every_zoo_loop_gets_its_true_verdict(data, name):
-    x, y = data
-    report = check_loop(LOOP_MODEL, LOOPS[name].train, x[:200], y[:200], epochs=2,
-                        batch_size=BATCH, validation_data=(x[200:], y[200:]))
-    assert 200 % BATCH  # a partial batch to keep or drop
-    assert report.differences == LOOPS[name].truth == LOOPS[name].expected(200, BATCH), str(report)
+def test_every_zoo_loop_gets_its_true_verdict(loop_report, name):
+    report = loop_report(name)
+    assert TRAIN % BATCH  # a partial batch to keep or drop
+    assert report.differences == LOOPS[name].truth == LOOPS[name].expected(TRAIN, BATCH), (
+        str(report))
     assert set(report.differences) <= set(LOOP_CHECKS)
 
 
-def test_loop_counts_are_measured(data):
+def test_loop_counts_are_measured(data, loop_report):
     x, y = data
-    article = check_loop(LOOP_MODEL, LOOPS["article"].train, x[:200], y[:200], epochs=2,
+    article = check_loop(LOOP_MODEL, LOOPS["article"].train, x[:TRAIN], y[:TRAIN], epochs=2,
                          batch_size=BATCH)
     assert article.batch_sizes == ((BATCH,) * 3,) * 2  # 200 // 64 steps, no partial batch
-    assert article.unseen == (200 - 3 * BATCH,) * 2 and article.repeated == (0, 0)
+    assert article.unseen == (TRAIN - 3 * BATCH,) * 2 and article.repeated == (0, 0)
     assert article.file_order == 2 and article.training_modes == {None: 6}
     assert "[-] validation_training" in str(article)
-    fit = check_loop(LOOP_MODEL, LOOPS["fit"].train, x[:200], y[:200], epochs=2,
-                     batch_size=BATCH, validation_data=(x[200:], y[200:]))
-    assert fit.batch_sizes == ((BATCH,) * 3 + (200 - 3 * BATCH,),) * 2
+    assert "[-] running_mean_metrics" in str(article)  # the article's loop returns nothing
+    fit = loop_report("fit")
+    assert fit.batch_sizes == ((BATCH,) * 3 + (TRAIN - 3 * BATCH,),) * 2
     assert fit.new_orders == 1 and fit.unseen == (0, 0)
     assert fit.validation_modes == {False: 2}
-    assert all(sorted(order) == list(range(200)) for order in fit.orders)
+    assert all(sorted(order) == list(range(TRAIN)) for order in fit.orders)
+    handson = loop_report("handson_ml3")
+    assert all(sum(sizes) == 3 * BATCH for sizes in handson.batch_sizes)
+    assert min(handson.repeated) > 0 and min(handson.unseen) > TRAIN - 3 * BATCH
+    assert loop_report("validation_in_training_mode").validation_modes == {True: 2}
+
+
+def test_reported_metrics_are_checked_against_the_running_mean(loop_report):
+    """fit's own History is the running mean over each epoch's batches (recomputed from the
+    predictions each step made); the loop that reports its last batch's loss is caught."""
+    fit = loop_report("fit")
+    assert set(fit.metrics) == {"loss", "accuracy"}
+    for rows in fit.metrics.values():
+        assert all(reported == pytest.approx(running, rel=1e-4) for reported, running, _ in rows)
+    assert any(abs(running - last) > 1e-2 for running, last in
+               [(row[1], row[2]) for row in fit.metrics["loss"]])  # the two can be told apart
+    last = loop_report("last_batch_metrics")
+    assert set(last.metrics) == {"loss"}
+    assert all(reported == pytest.approx(last_batch, rel=1e-4)
+               and reported != pytest.approx(running, rel=1e-2)
+               for reported, running, last_batch in last.metrics["loss"])
+    assert "[x] running_mean_metrics: loss: the last batch's in 2 of 2 epochs" in str(last)
 
 
 def test_no_partial_batch_to_drop_when_the_batch_size_divides():
@@ -163,41 +224,46 @@ def uncompiled():
 '''
 
 
-def run_cli(tmp_path, *args):
+@pytest.fixture
+def cli_folder(tmp_path, monkeypatch):
+    """A folder holding my_module.py, as the current folder (where the CLI looks first)."""
     (tmp_path / "my_module.py").write_text(CLI_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "my_module", raising=False)
+    yield tmp_path
+    sys.modules.pop("my_module", None)
+
+
+def test_cli_prints_the_checklist_and_exits_1_when_the_step_differs(cli_folder):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "helpers.doctor", *args, "--subset", "100"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_exit_codes_and_checklist(tmp_path):
-    differs = run_cli(tmp_path, "my_module:make_step", "--model", "my_module:model_fn")
+    differs = subprocess.run([sys.executable, "-m", "helpers.doctor", "my_module:make_step",
+                              "--model", "my_module:model_fn", "--subset", "100"],
+                             cwd=cli_folder, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert differs.returncode == 1, differs.stderr
     assert "[x] training" in differs.stdout and "[x] mean_loss" in differs.stdout
     assert differs.stderr == ""  # no TensorFlow start-up lines
-    matches = run_cli(tmp_path, "my_module:good_step", "--model", "my_module:model_fn")
-    assert matches.returncode == 0, matches.stderr
-    assert "matches fit" in matches.stdout
+
+
+def test_cli_exits_0_when_the_step_matches(cli_folder, capsys):
+    assert main(["my_module:good_step", "--model", "my_module:model_fn", "--subset", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "matches fit" in out and err == ""
 
 
 @pytest.mark.parametrize("args, message", [
     (("nomod:make_step", "--model", "my_module:model_fn"), "cannot import module 'nomod'"),
     (("my_module:nope", "--model", "my_module:model_fn"), "has no 'nope'"),
-    (("my_module:raising", "--model", "my_module:model_fn"), "your step raised ValueError"),
+    (("my_module:raising", "--model", "my_module:model_fn"),
+     "your step raised ValueError: shapes do not match"),
     (("my_module:good_step", "--model", "my_module:uncompiled"), "uncompiled"),
     (("my_module:good_step",), "--model"),
+    (("my_module:good_step", "--model", "my_module:model_fn", "--batch-size", "0"),
+     "--batch-size 0"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = run_cli(tmp_path, *args)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
-
-
-@pytest.mark.parametrize("name", ["keras_guide", "compute_loss"])
-def test_a_tf_function_step_draws_fit_s_dropout_mask(data, name):
-    """Both steps call the model with training=True once, from the same SeedGenerator state: a
-    tf.function step then gives fit's update bit for bit, so it drew fit's Dropout mask."""
-    entry = STEPS[name]
-    report = check_step(entry.model_fn, entry.make_step, *data, batch_size=BATCH)
-    assert report.max_difference == 0.0
+def test_cli_bad_input_is_one_line_and_exit_2(cli_folder, capsys, args, message):
+    assert main([*args, "--subset", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("python -m helpers.doctor: error: ") and err.count("\n") == 1
+    assert message in err and out == ""

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", type=int, default=256, help="MNIST training images loaded")
     parser.add_argument("--sparse", action="store_true", help="class-id labels, not one-hot")
     try:
-        sys.path.insert(0, "")  # the current folder, where my_module usually is
+        if "" not in sys.path:
+            sys.path.insert(0, "")  # the current folder, where my_module usually is
         args = parser.parse_args(argv)
         if args.batch_size < 1 or args.subset < max(args.batch_size, 10):
             raise DoctorError(f"--batch-size {args.batch_size} and --subset {args.subset}: "

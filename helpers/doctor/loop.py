@@ -3,13 +3,21 @@ against what fit does.
 
 How it sees: the model's class is swapped, for the run, for a subclass whose ``__call__``
 records every call's input batch and ``training`` argument before calling the model as usual
-(in a ``tf.function`` through a ``tf.numpy_function`` placed in front of the model, so the record
-is made each time the graph runs, not only when it is traced). Each recorded row is mapped back
+(in a ``tf.function`` through a ``tf.numpy_function`` on which the model's output then waits,
+so the record is made each time the graph runs, not only when it is traced). Each recorded row is mapped back
 to its sample by the bytes of the row: a batch of rows of `x` is a training step, a batch of rows
 of the validation data a validation call. Epochs are the training steps split into `epochs`
 equal runs (your loop must make the same number of steps every epoch, and call the model once per
 step on training data: a loop that also calls the model on training rows for its metrics, e.g.
 ``model(x_train)`` once an epoch, is read as taking extra steps).
+
+The record also keeps each call's predictions and ``model.losses`` at that call, so that when
+your loop returns what it reports (a History-like dict of per-epoch values, or fit's
+``History``), its ``"loss"`` and ``"accuracy"`` can be checked against the running mean over the
+epoch's batches that fit reports: the compiled loss of each step's predictions plus
+``model.losses``, weighted by the batch size as fit's loss tracker weights it
+(keras/src/backend/tensorflow/trainer.py: ``TensorFlowTrainer.train_step``,
+``_loss_tracker.update_state(..., sample_weight=batch_size)``).
 """
 
 from __future__ import annotations
@@ -45,14 +53,26 @@ LOOP_CHECKS = {
                   "epoch"),
         LoopCheck("validation_training", "validates in inference mode (training=False)",
                   "your loop calls the model with training=True on validation data"),
+        LoopCheck("running_mean_metrics", "reports each epoch's loss and accuracy as the running "
+                  "mean over the epoch's batches (History)",
+                  "your loop reports other values than the epoch's running means (e.g. the last "
+                  "batch's)"),
     )
 }
+
+
+# The History keys checked against the epoch's running mean, and how close "equal" is: fit's
+# tracker adds float32 batch means in its own order, the doctor recomputes them in float64.
+CHECKED_METRICS = ("loss", "accuracy")
+METRIC_TOLERANCE = 1e-4  # relative
 
 
 class _Call(NamedTuple):
     kind: str  # "train", "validation" or "other"
     indices: np.ndarray  # the samples of the batch (-1: a row found in neither array)
     training: object  # the call's training argument: True, False or None
+    predictions: np.ndarray | None  # the model's output (None: not a single tensor)
+    regularization: float  # sum(model.losses) at the call
 
 
 class _Recorder:
@@ -65,7 +85,7 @@ class _Recorder:
                             for i, row in reversed(list(enumerate(validation_x)))})
         self.calls: list[_Call] = []
 
-    def record(self, batch, training) -> None:
+    def record(self, batch, training, predictions=None, regularization=0.0) -> None:
         batch = np.ascontiguousarray(np.asarray(batch).astype(self.dtype, copy=False))
         if batch.ndim == 0 or batch[0].nbytes != self.row_bytes:
             return
@@ -76,7 +96,9 @@ class _Recorder:
             kind, table = "validation", self.validation
         else:
             kind, table = "other", self.train
-        self.calls.append(_Call(kind, np.array([table.get(k, -1) for k in keys]), training))
+        self.calls.append(_Call(kind, np.array([table.get(k, -1) for k in keys]), training,
+                                None if predictions is None else np.asarray(predictions),
+                                float(regularization)))
 
 
 def _instrument(model: keras.Model, recorder: _Recorder):
@@ -84,20 +106,30 @@ def _instrument(model: keras.Model, recorder: _Recorder):
     original = type(model)
 
     def __call__(self, *args, **kwargs):
-        if self is model and args:
-            inputs = args[0]
-            training = kwargs.get("training", args[1] if len(args) > 1 else None)
-            if isinstance(inputs, np.ndarray) or (
-                    isinstance(inputs, tf.Tensor) and hasattr(inputs, "numpy")):
-                recorder.record(inputs, training)
-            elif isinstance(inputs, tf.Tensor) and tf.inside_function():
-                def record(batch, training=training):
-                    recorder.record(batch, training)
-                    return batch
-                recorded = tf.numpy_function(record, [inputs], inputs.dtype, stateful=True)
-                recorded.set_shape(inputs.shape)
-                args = (recorded, *args[1:])
-        return original.__call__(self, *args, **kwargs)
+        outputs = original.__call__(self, *args, **kwargs)
+        if self is not model or not args:
+            return outputs
+        inputs = args[0]
+        training = kwargs.get("training", args[1] if len(args) > 1 else None)
+        single = isinstance(outputs, tf.Tensor)
+        regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+        if not tf.inside_function():
+            if isinstance(inputs, (np.ndarray, tf.Tensor)):
+                recorder.record(inputs, training, outputs if single else None, regularization)
+            return outputs
+        if not isinstance(inputs, tf.Tensor):
+            return outputs
+
+        def record(batch, predictions, penalty, training=training, single=single):
+            recorder.record(batch, training, predictions if single else None, penalty)
+            return np.int64(0)
+        # Recorded each time the graph runs: the identity below waits for it
+        done = tf.numpy_function(record, [inputs, outputs if single else tf.constant(0.0),
+                                          regularization], tf.int64, stateful=True)
+        if not single:
+            return outputs
+        with tf.control_dependencies([done]):
+            return tf.identity(outputs)
 
     model.__class__ = type(original.__name__, (original,), {"__call__": __call__})
     return original
@@ -111,7 +143,10 @@ class LoopReport:
     differs from the previous epoch's; `file_order`: epochs that take the samples in file
     order; `repeated`: samples seen more than once, per epoch; `unseen`: samples never seen, per
     epoch; `training_modes`: the ``training`` argument of the training steps' calls, counted;
-    `validation_modes`: the same for validation calls (empty when the loop does not validate)."""
+    `validation_modes`: the same for validation calls (empty when the loop does not validate);
+    `metrics`: for each of `CHECKED_METRICS` your loop returned, per epoch, (what your loop
+    reported, the running mean over the epoch's batches as fit reports it, the last batch's
+    value); empty when your loop returns no History-like dict."""
 
     num_samples: int
     batch_size: int
@@ -124,6 +159,7 @@ class LoopReport:
     unseen: tuple = ()
     training_modes: dict = field(default_factory=dict)
     validation_modes: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -172,7 +208,75 @@ class LoopReport:
                              self.validation_modes.items()))
         else:
             lines.append("  [-] validation_training: no validation calls seen")
+        if self.metrics:
+            found = []
+            for name, epochs_seen in self.metrics.items():
+                kinds = [_kind(*values) for values in epochs_seen]
+                counts = ", ".join(f"{kind} in {kinds.count(kind)}" for kind in
+                                   ("the running mean", "the last batch's", "another value")
+                                   if kind in kinds)
+                reported, running, last = epochs_seen[-1]
+                found.append(f"{name}: {counts} of {len(kinds)} epochs (last epoch: reported "
+                             f"{reported:.4g}, running mean {running:.4g}, last batch "
+                             f"{last:.4g})")
+            line("running_mean_metrics", "; ".join(found))
+        else:
+            lines.append("  [-] running_mean_metrics: your loop returned no History-like dict "
+                         "of per-epoch values (return {'loss': [...]} to have them checked)")
         return "\n".join(lines)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= METRIC_TOLERANCE * max(1.0, abs(b))
+
+
+def _kind(reported: float, running: float, last: float) -> str:
+    if _close(reported, running):
+        return "the running mean"
+    return "the last batch's" if _close(reported, last) else "another value"
+
+
+def _history(returned) -> dict | None:
+    """What `train` returned, as a dict of per-epoch values: fit's ``History`` or a dict."""
+    if isinstance(returned, keras.callbacks.History):
+        return returned.history
+    return returned if isinstance(returned, dict) else None
+
+
+def _batch_metrics(model, y, call) -> dict[str, float]:
+    """The loss (compiled loss of the call's predictions + model.losses) and accuracy of one
+    training step's batch, as fit's trackers see them."""
+    if call.predictions is None or not (isinstance(model.loss, str) or callable(model.loss)):
+        return {}
+    y_true, y_pred = y[call.indices], call.predictions.astype(np.float32)
+    loss = np.mean(keras.ops.convert_to_numpy(keras.losses.get(model.loss)(y_true, y_pred)))
+    found = {"loss": float(loss) + call.regularization}
+    if y_pred.ndim == 2 and y_pred.shape[-1] > 1:
+        labels = y_true.argmax(-1) if y_true.ndim == 2 else y_true.reshape(-1)
+        found["accuracy"] = float(np.mean(y_pred.argmax(-1) == labels))
+    return found
+
+
+def _metrics(model, y, epoch_steps, history, epochs) -> dict:
+    """Per checked key your loop returned: (reported, running mean, last batch) per epoch."""
+    if history is None:
+        return {}
+    per_step = [[_batch_metrics(model, y, call) for call in steps] for steps in epoch_steps]
+    found = {}
+    for name in CHECKED_METRICS:
+        if name not in history or not all(name in m for e in per_step for m in e):
+            continue
+        reported = [float(value) for value in history[name]]
+        if len(reported) != epochs:
+            raise DoctorError(f"your loop returned {len(reported)} values of {name!r} for "
+                              f"{epochs} epochs")
+        rows = []
+        for value, steps, step_metrics in zip(reported, epoch_steps, per_step):
+            sizes = np.array([len(call.indices) for call in steps], dtype=np.float64)
+            values = np.array([m[name] for m in step_metrics])
+            rows.append((value, float(sizes @ values / sizes.sum()), float(values[-1])))
+        found[name] = tuple(rows)
+    return found
 
 
 def _count(values) -> dict:
@@ -188,8 +292,11 @@ def check_loop(model_fn: Callable[[], keras.Model], train: Callable, x, y, *, ep
     and report which samples each epoch's steps saw (`LoopReport`; ``print(report)`` gives
     the checklist). With `validation_data` ``(x_val, y_val)`` it is called as
     ``train(model, x, y, epochs, batch_size, validation_data=(x_val, y_val))``, and your loop's
-    validation calls are checked too. `x` must be a NumPy array; its rows must be distinct
-    (duplicates are counted as their first occurrence)."""
+    validation calls are checked too. When your loop returns what it reports per epoch (a dict
+    such as ``{"loss": [...], "accuracy": [...]}``, or fit's ``History``), its training
+    ``"loss"`` and ``"accuracy"`` are checked against the epoch's running mean (validation
+    values are not). `x` must be a NumPy array; its rows must be distinct (duplicates are
+    counted as their first occurrence)."""
     began = time.perf_counter()
     x, y = np.asarray(x), np.asarray(y)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -201,9 +308,9 @@ def check_loop(model_fn: Callable[[], keras.Model], train: Callable, x, y, *, ep
     original = _instrument(model, recorder)
     try:
         if validation_data is None:
-            train(model, x, y, epochs, batch_size)
+            returned = train(model, x, y, epochs, batch_size)
         else:
-            train(model, x, y, epochs, batch_size, validation_data=validation_data)
+            returned = train(model, x, y, epochs, batch_size, validation_data=validation_data)
     except Exception as error:
         raise DoctorError(f"your loop raised {type(error).__name__}: {error}") from error
     finally:
@@ -231,6 +338,10 @@ def check_loop(model_fn: Callable[[], keras.Model], train: Callable, x, y, *, ep
         differences.append("replacement")
     if any(call.training is True for call in validation):
         differences.append("validation_training")
+    metrics = _metrics(model, y, epoch_steps, _history(returned), epochs)
+    if any(_kind(*values) != "the running mean" for rows in metrics.values() for values in rows):
+        differences.append("running_mean_metrics")
     return LoopReport(n, batch_size, tuple(differences), orders, batch_sizes, new_orders,
                       file_order, repeated, unseen, _count(s.training for s in steps),
-                      _count(c.training for c in validation), time.perf_counter() - began)
+                      _count(c.training for c in validation), metrics,
+                      time.perf_counter() - began)

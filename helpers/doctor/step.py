@@ -7,8 +7,9 @@ one batch (the first `batch_size` samples) three ways:
 
 1. your step, ``make_step(model)(x_batch, y_batch)``;
 2. fit itself, ``model.fit(x_batch, y_batch, batch_size=batch_size, epochs=1, shuffle=False)``;
-3. fit's step (`helpers.training.tape_train_step`, one ``tf.function`` as fit's) with one of
-   fit's behaviours switched off (`STEP_CHECKS`), then with each pair of them.
+3. fit's step (`helpers.training.tape_train_step`, run eagerly: a trace per candidate would
+   cost more than the step) with one of fit's behaviours switched off (`STEP_CHECKS`), then
+   with each pair of them.
 
 Your step matches fit when its updated weights equal fit's (`TOLERANCE`). Otherwise a behaviour
 explains the difference only when fit's step with that behaviour (or that pair) switched off
@@ -217,7 +218,7 @@ def _candidate(start: _Start, keys, x_batch, y_batch) -> list[np.ndarray]:
         switches.update(STEP_CHECKS[key].switches)
     model = start.model()
     step = tape_train_step(model, x_batch, y_batch, **switches)
-    tf.function(step.step)(x_batch, y_batch)
+    step.step(x_batch, y_batch)
     return _weights(model)
 
 
@@ -263,13 +264,7 @@ def _check_step(model_fn, make_step, x, y, batch_size) -> StepReport:
     start = _Start(model_fn, x_batch)
     initial = [np.asarray(w, dtype=np.float64) for w in start.weights]
 
-    fit_model = start.model()
-    applicable = _applicable(fit_model)
-    fit_model.fit(x_batch.numpy(), y_batch.numpy(), batch_size=batch_size, epochs=1,
-                  shuffle=False, verbose=0)
-    fit = _weights(fit_model)
-
-    user_model = start.model()
+    user_model = start.model()  # yours first: a step that raises is refused before fit runs
     try:
         step = make_step(user_model)
     except Exception as error:
@@ -283,6 +278,12 @@ def _check_step(model_fn, make_step, x, y, batch_size) -> StepReport:
         raise DoctorError(f"your step raised {type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else ''}") from error
     yours = _weights(user_model)
+
+    fit_model = start.model()
+    applicable = _applicable(fit_model)
+    fit_model.fit(x_batch.numpy(), y_batch.numpy(), batch_size=batch_size, epochs=1,
+                  shuffle=False, verbose=0)
+    fit = _weights(fit_model)
 
     fit_update = _distance(fit, initial)
     tolerance = TOLERANCE * fit_update
