@@ -4,8 +4,8 @@ the zoo's loops; the command line's exit codes.
 
 Kept lean for CI: each zoo step and loop is checked once (module-scoped caches) and every test
 reads the same reports; the command line runs in a subprocess once (the real ``python -m``
-entry point, its exit status and a stderr free of TensorFlow's lines), its other cases
-in-process through ``main(argv)``."""
+entry point: exit status, one line on stderr, no traceback), its other cases in-process through
+``main(argv)``, where a step already checked is answered from its report."""
 
 from __future__ import annotations
 
@@ -210,9 +210,10 @@ def test_loop_with_unequal_epochs_is_refused(data):
 # ---- the command line ------------------------------------------------------------------------
 
 CLI_MODULE = '''
-from helpers.doctor.zoo import article_cnn, article_step, compute_loss_step
+from helpers.doctor.zoo import article_cnn, article_step, compute_loss_step, l2_cnn
 from helpers.model import create_cnn
 model_fn = article_cnn
+l2_model_fn = l2_cnn
 make_step = article_step
 good_step = compute_loss_step
 def raising(model):
@@ -235,19 +236,46 @@ def cli_folder(tmp_path, monkeypatch):
     sys.modules.pop("my_module", None)
 
 
-def test_cli_prints_the_checklist_and_exits_1_when_the_step_differs(cli_folder):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    differs = subprocess.run([sys.executable, "-m", "helpers.doctor", "my_module:make_step",
-                              "--model", "my_module:model_fn", "--subset", "100"],
-                             cwd=cli_folder, env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert differs.returncode == 1, differs.stderr
-    assert "[x] training" in differs.stdout and "[x] mean_loss" in differs.stdout
-    assert differs.stderr == ""  # no TensorFlow start-up lines
+def test_cli_bad_input_is_one_line_without_traceback_from_python_m(cli_folder):
+    """The real entry point: exit status 2, one line on stderr (no traceback, no TensorFlow
+    start-up lines), nothing on stdout."""
+    result = subprocess.run([sys.executable, "-m", "helpers.doctor", "nomod:make_step",
+                             "--model", "my_module:model_fn"],
+                            cwd=cli_folder, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == ("python -m helpers.doctor: error: make_step 'nomod:make_step': "
+                             "cannot import module 'nomod' (ModuleNotFoundError: No module "
+                             "named 'nomod')\n")
+    assert result.stdout == ""
 
 
-def test_cli_exits_0_when_the_step_matches(cli_folder, capsys):
-    assert main(["my_module:good_step", "--model", "my_module:model_fn", "--subset", "100"]) == 0
+@pytest.fixture
+def zoo_check_step(step_report, monkeypatch):
+    """The command line's check_step answered with the zoo's report for the same model_fn and
+    make_step (checked once, by test_every_zoo_step_gets_its_true_verdict): what is tested here
+    is the command line around it (names loaded, MNIST passed on, checklist, exit status)."""
+    import helpers.doctor.__main__ as cli
+
+    def check_step(model_fn, make_step, x, y, *, batch_size):
+        name = next(name for name, entry in STEPS.items()
+                    if (entry.model_fn, entry.make_step) == (model_fn, make_step))
+        assert x.shape == (100, 28, 28, 1) and y.shape == (100, 10) and batch_size == BATCH
+        return step_report(name)
+    monkeypatch.setattr(cli, "check_step", check_step)
+
+
+def test_cli_prints_the_checklist_and_exits_1_when_the_step_differs(cli_folder, zoo_check_step,
+                                                                     capsys):
+    assert main(["my_module:make_step", "--model", "my_module:model_fn", "--subset", "100"]) == 1
+    out, err = capsys.readouterr()
+    assert "DIFFERS from fit" in out and "[x] training" in out and "[x] mean_loss" in out
+    assert err == ""
+
+
+def test_cli_exits_0_when_the_step_matches(cli_folder, zoo_check_step, capsys):
+    assert main(["my_module:good_step", "--model", "my_module:l2_model_fn",
+                 "--subset", "100"]) == 0
     out, err = capsys.readouterr()
     assert "matches fit" in out and err == ""
 

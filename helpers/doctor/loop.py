@@ -181,7 +181,7 @@ class LoopReport:
         if self.file_order == epochs:
             order = f"file order in all {epochs} epochs"
         elif self.new_orders == epochs - 1:
-            order = (f"shuffled, a new order in each of the {epochs - 1} later epochs"
+            order = (f"shuffled, a new order in every later epoch ({epochs - 1} of {epochs - 1})"
                      if epochs > 1 else "shuffled (one epoch: a new order cannot be seen)")
         else:
             order = (f"a new order in {self.new_orders} of {epochs - 1} later epochs "
