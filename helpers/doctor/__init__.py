@@ -16,13 +16,27 @@ of your loop sees and compares the epochs with fit's (`LOOP_CHECKS`).
 Command line: ``python -m helpers.doctor my_module:make_step --model my_module:model_fn``.
 
 A user-facing tool: it imports the teaching core (helpers.training), which never imports it.
+Its modules import `helpers.notebook.quiet_tensorflow` first: TensorFlow without start-up lines.
 """
 
-import helpers.notebook.quiet_tensorflow  # noqa: F401  first: TensorFlow without start-up lines
+import importlib
 
-# isort: split
-from helpers.doctor.loop import LOOP_CHECKS, LoopReport, check_loop
-from helpers.doctor.step import STEP_CHECKS, TOLERANCE, StepReport, check_step
+# Loaded on first use, so that `python -m helpers.doctor` (which imports this package first)
+# answers a usage error at once, before TensorFlow is imported.
+_EXPORTS = {
+    "LOOP_CHECKS": "helpers.doctor.loop", "LoopReport": "helpers.doctor.loop",
+    "check_loop": "helpers.doctor.loop", "STEP_CHECKS": "helpers.doctor.step",
+    "TOLERANCE": "helpers.doctor.step", "StepReport": "helpers.doctor.step",
+    "check_step": "helpers.doctor.step",
+}
+__all__ = ["DoctorError", *_EXPORTS]
 
-__all__ = ["LOOP_CHECKS", "STEP_CHECKS", "TOLERANCE", "LoopReport", "StepReport", "check_loop",
-           "check_step"]
+
+class DoctorError(Exception):
+    """Bad input: what was given cannot be checked (the message says why, in one line)."""
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

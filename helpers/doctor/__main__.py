@@ -9,14 +9,11 @@ MNIST subset (``--subset``) and prints its checklist. Exit status: 0 when your s
 fit's, 1 when it differs, 2 for bad input (one line on stderr, no traceback).
 """
 
-import helpers.notebook.quiet_tensorflow  # noqa: F401  first: no TensorFlow start-up lines
-
-# isort: split
 import argparse
 import importlib
 import sys
 
-from helpers.doctor.step import DoctorError, check_step
+from helpers.doctor import DoctorError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,14 +49,18 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", type=int, default=256, help="MNIST training images loaded")
     parser.add_argument("--sparse", action="store_true", help="class-id labels, not one-hot")
     try:
-        if "" not in sys.path:
-            sys.path.insert(0, "")  # the current folder, where my_module usually is
-        args = parser.parse_args(argv)
+        args = parser.parse_args(argv)  # usage errors first, before TensorFlow is imported
         if args.batch_size < 1 or args.subset < max(args.batch_size, 10):
             raise DoctorError(f"--batch-size {args.batch_size} and --subset {args.subset}: "
                               "need 1 <= batch size <= subset and subset >= 10")
+        # before your module imports TensorFlow: without its start-up lines
+        import helpers.notebook.quiet_tensorflow  # noqa: F401
+
+        if "" not in sys.path:
+            sys.path.insert(0, "")  # the current folder, where my_module usually is
         make_step, model_fn = _load(args.make_step, "make_step"), _load(args.model, "model_fn")
         from helpers.data import load_mnist
+        from helpers.doctor.step import check_step
 
         x, y = load_mnist("train", subset=args.subset, seed=0, one_hot=not args.sparse)
         report = check_step(model_fn, make_step, x, y, batch_size=args.batch_size)

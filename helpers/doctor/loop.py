@@ -22,6 +22,9 @@ epoch's batches that fit reports: the compiled loss of each step's predictions p
 
 from __future__ import annotations
 
+import helpers.notebook.quiet_tensorflow  # noqa: F401  first: TensorFlow without start-up lines
+
+# isort: split
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers.doctor.step import DoctorError, _new_model
+from helpers.doctor import DoctorError
+from helpers.doctor.step import _new_model
 
 
 class LoopCheck(NamedTuple):

@@ -22,7 +22,11 @@ that explains your update alone (it could not be the smallest). Anything else is
 
 from __future__ import annotations
 
+import helpers.notebook.quiet_tensorflow  # noqa: F401  first: TensorFlow without start-up lines
+
+# isort: split
 import itertools
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from helpers import compat
+from helpers.doctor import DoctorError
 from helpers.notebook.quiet_tensorflow import start_up_lines_filtered
 from helpers.training import tape_train_step
 from helpers.training.checkpoints import seed_generator_states
@@ -54,6 +59,7 @@ from helpers.training.checkpoints import seed_generator_states
 # gradient is near epsilon; the zoo's batches all have some, at 0.78 of an update).
 TOLERANCE = 1e-3
 SEPARATION = 10  # an explained difference is >= SEPARATION x TOLERANCE away from fit's update
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")  # Keras' messages print names in bold
 
 
 class StepCheck(NamedTuple):
@@ -84,10 +90,6 @@ STEP_CHECKS = {
     )
 }
 CAUSES = tuple(key for key in STEP_CHECKS if key != "unexplained")
-
-
-class DoctorError(Exception):
-    """Bad input: what was given cannot be checked (the message says why, in one line)."""
 
 
 def _weights(model) -> list[np.ndarray]:
@@ -170,16 +172,39 @@ class StepReport:
         return "\n".join(lines)
 
 
+def _first_line(error: Exception) -> str:
+    """The error in one line: the line that names the cause, which is the first, or the last
+    of a tf.function's error ("in user code:", then the traceback inside the function), or the
+    second of a Keras layer's ("Exception encountered when calling ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0] == "in user code:":
+        lines = lines[-1:]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = lines[1:]
+    name = type(error).__name__
+    cause = ANSI_CODE.sub("", lines[0]).removeprefix(f"{name}: ") if lines else ""
+    return f"{name}: {cause if len(cause) <= 200 else cause[:200] + ' …'}"
+
+
 def _build(model, x_batch) -> None:
-    if not model.built:
+    """Build `model` (and check that it takes `x`) with one sample in inference mode, which
+    changes no weight and draws no Dropout mask."""
+    try:
         model(x_batch[:1], training=False)
+    except Exception as error:
+        try:
+            detail = f"it takes inputs of shape {model.input_shape}"
+        except (AttributeError, ValueError):  # no single input shape to name
+            detail = _first_line(error)
+        raise DoctorError(f"model_fn()'s model cannot take x (shape "
+                          f"{tuple(x_batch.shape[1:])} per sample): {detail}") from error
 
 
 def _new_model(model_fn) -> keras.Model:
     try:
         model = model_fn()
     except Exception as error:
-        raise DoctorError(f"model_fn() raised {type(error).__name__}: {error}") from error
+        raise DoctorError(f"model_fn() raised {_first_line(error)}") from error
     if not isinstance(model, keras.Model):
         raise DoctorError(f"model_fn() returned {type(model).__name__}, not a keras.Model")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
@@ -219,8 +244,12 @@ def _candidate(start: _Start, keys, x_batch, y_batch) -> list[np.ndarray]:
     for key in keys:
         switches.update(STEP_CHECKS[key].switches)
     model = start.model()
-    step = tape_train_step(model, x_batch, y_batch, **switches)
-    step.step(x_batch, y_batch)
+    try:
+        step = tape_train_step(model, x_batch, y_batch, **switches)
+        step.step(x_batch, y_batch)
+    except Exception as error:  # e.g. model.losses cannot be left out of several outputs' loss
+        raise DoctorError(f"fit's step with {' + '.join(keys)} switched off cannot run on this "
+                          f"model: {_first_line(error)}") from error
     return _weights(model)
 
 
@@ -241,8 +270,9 @@ def check_step(model_fn: Callable[[], keras.Model], make_step: Callable, x, y, *
     first one's weights and Dropout seed state, so nothing needs seeding); `make_step(model)`
     returns your ``step(x_batch, y_batch)`` that trains `model` on one batch, however you wrote
     it (eager or tf.function, the model's optimizer and loss or your own). Returns a
-    `StepReport`; ``print(report)`` gives the checklist. Raises `DoctorError` for input that
-    cannot be checked (an uncompiled model, a step that raises)."""
+    `StepReport`; ``print(report)`` gives the checklist. Raises `DoctorError`, in one line, for
+    input that cannot be checked (an uncompiled model or one that cannot take `x`, a step that
+    raises, labels fit cannot train on)."""
     logger = tf.get_logger()
     level = logger.level
     logger.setLevel("ERROR")  # not tf.function's retracing warning: each run is a new model
@@ -270,15 +300,14 @@ def _check_step(model_fn, make_step, x, y, batch_size) -> StepReport:
     try:
         step = make_step(user_model)
     except Exception as error:
-        raise DoctorError(f"make_step(model) raised {type(error).__name__}: {error}") from error
+        raise DoctorError(f"make_step(model) raised {_first_line(error)}") from error
     if not callable(step):
         raise DoctorError(f"make_step(model) returned {type(step).__name__}, not a step "
                           "function step(x_batch, y_batch)")
     try:
         step(x_batch, y_batch)
     except Exception as error:
-        raise DoctorError(f"your step raised {type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}") from error
+        raise DoctorError(f"your step raised {_first_line(error)}") from error
     yours = _weights(user_model)
 
     fit_model = start.model()
@@ -287,8 +316,11 @@ def _check_step(model_fn, make_step, x, y, batch_size) -> StepReport:
     # metrics inside its first trace when no strategy is set (helpers.compat.build_like_fit);
     # the variables and the arithmetic are the same.
     compat.build_like_fit(fit_model, (x_batch, y_batch))
-    fit_model.fit(x_batch.numpy(), y_batch.numpy(), batch_size=batch_size, epochs=1,
-                  shuffle=False, verbose=0)
+    try:
+        fit_model.fit(x_batch.numpy(), y_batch.numpy(), batch_size=batch_size, epochs=1,
+                      shuffle=False, verbose=0)
+    except Exception as error:  # e.g. class-id labels for a loss that wants one-hot ones
+        raise DoctorError(f"model.fit on this batch raised {_first_line(error)}") from error
     fit = _weights(fit_model)
 
     fit_update = _distance(fit, initial)

@@ -9,6 +9,9 @@ a softmax output, one-hot labels, ``categorical_crossentropy``); `truth` is the 
 
 from __future__ import annotations
 
+import helpers.notebook.quiet_tensorflow  # noqa: F401  first: TensorFlow without start-up lines
+
+# isort: split
 from collections.abc import Callable
 from typing import NamedTuple
 
