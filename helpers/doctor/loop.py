@@ -1,11 +1,11 @@
 """`check_loop`: which samples each step of your whole training loop sees, epoch by epoch,
 against what fit does.
 
-How it sees: the model's class is swapped, for the run, for a subclass whose ``__call__``
-records every call's input batch and ``training`` argument before calling the model as usual
-(in a ``tf.function`` through a ``tf.numpy_function`` on which the model's output then waits,
-so the record is made each time the graph runs, not only when it is traced). Each recorded row is mapped back
-to its sample by the bytes of the row: a batch of rows of `x` is a training step, a batch of rows
+How it sees: the model's class is swapped, for the run, for a subclass whose ``__call__`` calls
+the model as usual, then records the call's input batch, ``training`` argument and output (in a
+``tf.function`` through a ``tf.numpy_function`` on which the output then waits, so the record is
+made each time the graph runs, not only when it is traced). Each recorded row is mapped back to
+its sample by the bytes of the row: a batch of rows of `x` is a training step, a batch of rows
 of the validation data a validation call. Epochs are the training steps split into `epochs`
 equal runs (your loop must make the same number of steps every epoch, and call the model once per
 step on training data: a loop that also calls the model on training rows for its metrics, e.g.
