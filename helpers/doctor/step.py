@@ -315,8 +315,8 @@ def _check_step(model_fn, make_step, x, y, batch_size) -> StepReport:
     # Built before fit, its train function traces once, not twice: fit builds the optimizer and
     # metrics inside its first trace when no strategy is set (helpers.compat.build_like_fit);
     # the variables and the arithmetic are the same.
-    compat.build_like_fit(fit_model, (x_batch, y_batch))
     try:
+        compat.build_like_fit(fit_model, (x_batch, y_batch))
         fit_model.fit(x_batch.numpy(), y_batch.numpy(), batch_size=batch_size, epochs=1,
                       shuffle=False, verbose=0)
     except Exception as error:  # e.g. class-id labels for a loss that wants one-hot ones
