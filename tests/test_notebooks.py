@@ -14,7 +14,7 @@ import pytest
 
 from helpers.tooling.notebook_index import REPOSITORY
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 pytestmark = pytest.mark.versionless
 
@@ -24,7 +24,7 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks/0*.ipynb: every test below would be skipped"
+    assert NOTEBOOKS, "no notebooks/*.ipynb: every test below would be skipped"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
