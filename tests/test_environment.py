@@ -224,3 +224,24 @@ def test_a_section_that_needs_a_newer_keras_prints_one_line(gate, capsys):
 def test_setup_notebook_refuses_a_gate_the_table_lacks():
     with pytest.raises(ValueError, match=r"unknown Keras gates \['strategi'\]"):
         setup.setup_notebook(keras_gates=["strategi"])
+
+
+def test_readme_says_which_notebooks_skip_what_below_which_keras():
+    """The supported-versions section of README.md: the %pip line, and one row per notebook that
+    uses gates, with the newest Keras they need and the number of sections that need it."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Supported versions")[1]
+    section = section.split("\n### ")[0]
+    keras = {requirement.name: requirement for requirement in declared()}["keras"]
+    for path in notebook_paths(ROOT):
+        notebook = nbformat.read(path, as_version=4)
+        gates = keras_gates_used(notebook)
+        if not gates:
+            continue
+        needed = max(compat.KERAS_GATES[gate].oldest for gate in gates)
+        sections = sum(cell.source.count("keras_allows(") for cell in notebook.cells
+                       if cell.cell_type == "code")
+        number = re.match(r"[0-9A-Z]+[a-z]?", path.stem).group(0)
+        row = (f"| {number} | Keras {dotted(needed)} for "
+               f"{'one section' if sections == 1 else f'{sections} sections'} |")
+        assert row in section, f"README.md's supported versions lack the row {row!r}"
+        assert setup.upgrade_command(keras, needed) in section
