@@ -15,10 +15,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh --oldest
 echo "==> pytest tests and notebooks with $(.venv-oldest/bin/python -c 'import importlib.metadata as m;
 print(", ".join(f"{n} {m.version(n)}" for n in ("tensorflow", "keras", "numpy", "pandas")))')"
+# The notebooks run from a fresh copy, output/oldest/notebooks, so that what they write to
+# ../output (e.g. the cross-validation folds that later notebooks read back) is this run's own:
+# apart from output/, which scripts/test.sh's browser test writes at the same time, and from an
+# earlier run's. ../results, which they read, is linked.
+test_paths=(tests)
+if [[ -e notebooks ]]; then
+    rm -rf output/oldest
+    mkdir -p output/oldest
+    cp -r notebooks output/oldest/notebooks
+    ln -s ../../results output/oldest/results
+    test_paths+=(output/oldest/notebooks)
+fi
 # One pytest process, the unit tests first: .ci/run runs this alongside scripts/test.sh's two.
 status=0
-test_paths=(tests)
-if [[ -e notebooks ]]; then test_paths+=(notebooks); fi
 TAPE_VS_FIT_SMOKE=1 TF_CPP_MIN_LOG_LEVEL=2 .venv-oldest/bin/python -m pytest "${test_paths[@]}" \
     -m "not (browser or venv or pinned or versionless)" --nbval-lax --nbval-current-env \
     --ignore=tests/test_papermill.py --durations=25 "$@" || status=$?
