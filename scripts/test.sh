@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Lint, then run the tests, every notebook among them: each runs in JupyterLab (tests/test_browser.py,
-# smoke-test settings), which also compares the outputs of the cells marked NBVAL_CHECK_OUTPUT
-# with the committed ones, as nbval does. (nbval runs the notebooks at the oldest supported
-# versions: scripts/test_oldest.sh.)
+# Lint, then run the tests, every notebook among them: each runs in JupyterLab
+# (tests/test_browser.py, smoke-test settings), which also compares the outputs of the cells
+# marked NBVAL_CHECK_OUTPUT with the committed ones, as nbval does. (nbval runs the notebooks at
+# the oldest supported versions: scripts/test_oldest.sh.)
 #
 # Usage: bash scripts/test.sh [extra pytest arguments]
 # TAPE_VS_FIT_SMOKE=1 shrinks folds, epochs and data so that each notebook runs in seconds

@@ -337,7 +337,6 @@ def test_restart_and_run_all_in_jupyterlab(lab, lab_page, notebook):
             api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
 
 
-
 def test_compared_outputs_are_what_nbval_lax_compares():
     """Streams of one name compared as one text (JupyterLab merges them, a stored notebook may
     not), images left out, every other field kept: one changed line differs."""
