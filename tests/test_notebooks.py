@@ -35,6 +35,9 @@ def test_setup_then_parameters_then_validation(path):
     assert SETUP_CALL in setup, "first code cell must be the Setup cell"
     assert f"git+https://github.com/{REPOSITORY}" in setup, (
         "the Colab install line must point at helpers.tooling.notebook_index.REPOSITORY")
+    first = ast.parse(cells[1].source).body[:1]
+    assert first and isinstance(first[0], (ast.Import, ast.ImportFrom)), (
+        "the notebook's imports come right after the Setup cell, in a cell of their own")
     tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     parameters = ast.parse(cells[tagged[0]].source)
