@@ -135,6 +135,17 @@ class ResultsFolder:
         path = self.path / RESULTS_MARKER
         return json.loads(path.read_text()) if path.exists() else None
 
+    def check_settings(self, name: str, wanted: Mapping) -> None:
+        """Before a run: if the folder holds results already, refuse it (a ParameterError naming
+        parameter `name`) unless they were made with the `wanted` settings (those keys only)."""
+        saved = self.settings()
+        differing = [f"{key}: saved {saved.get(key)!r}, now {value!r}"
+                     for key, value in wanted.items() if saved and saved.get(key) != value]
+        if differing:
+            raise ParameterError(f"parameter {name}={str(self.path)!r} is not allowed: its "
+                                 f"results were made with other settings ({', '.join(differing)})"
+                                 "; use another folder, or the same settings")
+
     def check_same_settings(self, other: ResultsFolder, why: str) -> None:
         """Refuse `other` unless its results were made with this folder's settings; `why` says
         why they must match."""
