@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -31,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.notebook.quiet_tensorflow import is_start_up_line
 from helpers.tooling import private_network
 from helpers.tooling.launcher import (
     WorkerError,
+    checkpoint_dir,
     launch_workers,
     load_result,
     main,
@@ -146,10 +149,11 @@ class ListenerWatch(threading.Thread):
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
     """fit and the loop, each from the same initial weights and batches, under one 2-replica
-    MirroredStrategy on this machine's CPU split in two."""
+    MirroredStrategy on this machine's CPU split in two (and what the run printed)."""
     out = tmp_path_factory.mktemp("mirrored")
-    run_module("--replicas", "2", "--trainers", "fit", "loop", *ODD, "--out", str(out))
-    return {name: load_result(out / name) for name in ("fit", "loop")}
+    done = run_module("--replicas", "2", "--trainers", "fit", "loop", *ODD, "--out", str(out))
+    return {**{name: load_result(out / name) for name in ("fit", "loop")},
+            "output": done.stdout + done.stderr}
 
 
 def test_loop_equals_fit_under_mirrored_strategy(mirrored):
@@ -244,7 +248,7 @@ def two_workers(tmp_path_factory):
         watch.done.set()
         watch.join()
     return {"results": results, "started": started[0], "watch": watch,
-            "left_behind": left_behind(out)}
+            "left_behind": left_behind(out), "out": out}
 
 
 def test_two_workers_end_equal_and_match_mirrored_strategy(mirrored, two_workers):
@@ -312,8 +316,84 @@ def test_launcher_names_the_failed_worker_and_stops_the_others(tmp_path, capsys)
                  "--out", str(tmp_path)])
     error = capsys.readouterr().err
     assert code == 1
-    assert "worker 1 failed" in error and "RuntimeError: this worker was told to fail" in error
+    assert ("worker 1 failed (exit code 1): RuntimeError: this worker was told to fail"
+            in error), error
     # Worker 0 was waiting for worker 1 in the cluster; the launcher must have killed it.
+    assert not left_behind(tmp_path)
+
+
+def start_up_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if is_start_up_line(line)]
+
+
+def test_the_launcher_and_its_workers_print_no_tensorflow_start_up_lines(mirrored, two_workers):
+    """What the in-process run printed (stdout and stderr, captured) and what each worker wrote
+    to its log hold none of TensorFlow's C++ start-up lines: both import TensorFlow through
+    helpers.notebook.quiet_tensorflow. The workers' logs are not empty: each says which epochs
+    it finished."""
+    assert "loop: 2 replica(s)" in mirrored["output"]
+    assert not start_up_lines(mirrored["output"])
+    for index in range(2):
+        log = (two_workers["out"] / f"worker_{index}.log").read_text()
+        assert "loop: epoch 2 finished" in log, log
+        assert not start_up_lines(log), log
+
+
+def saved_epoch_files(directory: Path) -> str:
+    """The ``checkpoint`` state file's text ("" before the first save): CheckpointManager
+    rewrites it, atomically, after a checkpoint's files are complete."""
+    try:
+        return (directory / "checkpoint").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def worker_process(out: Path, index: int) -> int | None:
+    """The id of the worker process `index` of the run writing to `out`, if it runs."""
+    mark = f"--worker-index\0{index}\0"
+    found = [pid for pid in processes_mentioning(str(out))
+             if mark in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    return found[0] if found else None
+
+
+def kill_after_first_epoch(out: Path, index: int, killed: list, timeout: float) -> None:
+    """SIGKILL worker `index` as soon as both workers have saved epoch 1 of the loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all('"ckpt-1"' in saved_epoch_files(checkpoint_dir(out, worker, "loop"))
+               for worker in range(2)):
+            pid = worker_process(out, index)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.01)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(mirrored,
+                                                                                tmp_path):
+    """Worker 1 is killed with SIGKILL once both workers have saved epoch 1 of 2, in the middle
+    of the run. With --restarts 1 the launcher stops worker 0, says so in one line, and starts
+    both again from epoch 1; the final History and weights of both workers equal the
+    uninterrupted 2-replica MirroredStrategy run's (which two workers equal exactly, above)
+    bit for bit."""
+    killed, lines = [], []
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True,
+                              args=(tmp_path, 1, killed, TIMEOUT))
+    killer.start()
+    results = launch_workers(worker_args(tmp_path, "--restarts", "1"), log=lines.append)
+    killer.join()
+    assert killed, "worker 1 was not running after epoch 1: nothing was killed"
+    restarts = [line for line in lines if "restart" in line]
+    assert restarts == [
+        "worker 1 failed (killed by signal 9 (SIGKILL)): loop: epoch 1 finished, loss "
+        + restarts[0].split("loop: epoch 1 finished, loss ")[1].split(";")[0]
+        + "; restart 1 of 1: every worker resumes loop from epoch 1 (the last epoch all of "
+        "them saved)"], lines
+    for result in results:
+        resumed = result["loop"]
+        assert max_history_difference(resumed["history"], mirrored["loop"]["history"]) == 0
+        assert max_weight_difference(resumed["weights"], mirrored["loop"]["weights"]) == 0
     assert not left_behind(tmp_path)
 
 

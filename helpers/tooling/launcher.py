@@ -430,6 +430,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     with usage_errors(parser):
         check_launcher_options(args)
     if args.dropout is None:
+        import helpers.notebook.quiet_tensorflow  # noqa: F401 (before Keras: no start-up lines)
         from helpers.model import ARTICLE_DROPOUT  # loads Keras: after the checks
 
         args.dropout = ARTICLE_DROPOUT
