@@ -78,10 +78,13 @@ def check_number(name: str, value, *, minimum: float | None = None, above: float
     return value
 
 
-def command_line_names(*positional: str) -> Callable[[str], str]:
+def command_line_names(*positional: str, **renamed: str) -> Callable[[str], str]:
     """How a command line's user gives each parameter, for the messages: ``batch_size`` as
-    ``--batch-size``, the `positional` arguments by their own names."""
+    ``--batch-size``, the `positional` arguments by their own names, and the `renamed` ones
+    (parameter -> option) as the command line calls them."""
     def name(parameter: str) -> str:
+        if parameter in renamed:
+            return renamed[parameter]
         return parameter if parameter in positional else "--" + parameter.replace("_", "-")
     return name
 
@@ -214,11 +217,15 @@ def validate_parameters(
     check_integer(names("seed"), seed, 0)
     pool = DATASETS[dataset]
     if subset is not None and subset != 0:
-        least = NUM_CLASSES * (folds or 2)  # every class in every fold (in both parts of a split)
+        # an image of every class in every fold, in both parts of a split, or in the sample
+        parts = folds or (1 if trains_on_all else 2)
+        least = NUM_CLASSES * parts
         if isinstance(subset, int) and not isinstance(subset, bool) and not least <= subset <= pool:
-            parts = f"{folds} folds" if folds else "2 parts of the split"
+            why = (f"{NUM_CLASSES} classes x {folds} folds" if folds else
+                   f"{NUM_CLASSES} classes" if trains_on_all else
+                   f"{NUM_CLASSES} classes x 2 parts of the split")
             refuse(names("subset"), subset, f"it must be 0 (all {pool} images) or from {least} "
-                   f"({NUM_CLASSES} classes x {parts}) to {pool}")
+                   f"({why}) to {pool}")
         check_integer(names("subset"), subset, least, pool)
     if smoke_test() if smoke is None else smoke:
         folds = min(folds, SMOKE_LIMITS["folds"]) if folds is not None else None

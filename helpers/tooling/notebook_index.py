@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import nbformat
 
+from helpers.experiments.params import refuse, usage_errors
+
 # The GitHub repository (owner/name) that the badges open and the Setup cells install from.
 # A fork changes this one line and runs `python -m helpers.tooling.notebook_index`.
 REPOSITORY = "tape-vs-fit/tape-vs-fit"
@@ -309,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    with usage_errors(parser):
+        if not (root / "README.md").is_file() or not (root / "notebooks").is_dir():
+            refuse("--root", str(args.root), "it must be a checkout of this repository (a folder "
+                   "with README.md and notebooks/)")
     try:
         changes = plan(root)
         setup_changes = plan_setup_cells(root)
