@@ -120,6 +120,12 @@ CASES = [
     (["run_heldout", "FOREIGN/../results", "--epochs", "2"],
      "parameter results_dir='FOREIGN/../results' is not allowed: its results were made with "
      "other settings (epochs: saved 30, now 2)"),
+    (["run_heldout", "FOREIGN/../results", "--epochs", "30", "--threads", "2"],
+     "parameter --threads=2 is not allowed: the results in FOREIGN/../results were made with 1 "
+     "intra-op thread(s) and reproduce bit for bit only with as many; give --threads 1"),
+    (["run_ablation", "--results-dir", "FOREIGN/../results", "--baseline", str(FULL_SCALE)],
+     "parameter --threads=0 is not allowed: the results in FOREIGN/../results were made with 1 "
+     "intra-op thread(s)"),
     # -- launcher, every option and combination
     (["launcher"], "parameter --workers=None is not allowed: give --workers N (worker "
                    "processes) or --replicas N (logical CPU devices in this process)"),
@@ -242,10 +248,12 @@ def places(tmp_path):
     foreign = tmp_path / "someone_elses"
     foreign.mkdir()
     (foreign / "sentinel.txt").write_text("not the project's\n")
-    # FOREIGN/../results: a results folder the project made, with the committed settings
+    # FOREIGN/../results: a results folder the project made, with the committed settings, made
+    # with one thread
     results = tmp_path / "results"
     results.mkdir()
     (results / "settings.json").write_bytes((FULL_SCALE / "settings.json").read_bytes())
+    (results / "run_info.json").write_text('{"threads_to_reproduce": 1}\n')
     return {"FOREIGN": str(foreign), "FILE": str(foreign / "sentinel.txt"),
             "NEW": str(tmp_path / "new"), "OUT": str(tmp_path / "new" / "table.csv")}
 

@@ -73,13 +73,16 @@ def read_finished(results: ResultsFolder | None, name: str, label: str,
 
 
 def run_info() -> dict:
-    """Machine, library versions and TensorFlow's thread settings, stored beside the results."""
+    """Machine, library versions and TensorFlow's thread settings, stored beside the results;
+    ``threads_to_reproduce`` is the intra-op thread count that retrains them bit for bit
+    (`helpers.threads.threads_to_reproduce`)."""
     import keras
     import sklearn
     import tensorflow as tf
 
-    from helpers.threads import thread_settings
+    from helpers.threads import thread_settings, threads_to_reproduce
 
+    threads = thread_settings()
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -90,7 +93,8 @@ def run_info() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "system": platform.platform(),
-        **thread_settings(),
+        **threads,
+        "threads_to_reproduce": threads_to_reproduce(threads["intra_op_threads"]),
     }
 
 
@@ -145,6 +149,19 @@ class ResultsFolder:
             raise ParameterError(f"parameter {name}={str(self.path)!r} is not allowed: its "
                                  f"results were made with other settings ({', '.join(differing)})"
                                  "; use another folder, or the same settings")
+
+    def check_thread_count(self, name: str, threads: int) -> None:
+        """Before resuming a run with ``use_threads(threads)``: refuse (a ParameterError naming
+        parameter `name`) a thread count other than the one the folder's results were made
+        with, since the results would then no longer reproduce with one count."""
+        from helpers.threads import threads_to_reproduce
+
+        recorded = self.recorded_run_info().get("threads_to_reproduce")
+        if recorded is not None and recorded != threads_to_reproduce(threads):
+            raise ParameterError(
+                f"parameter {name}={threads!r} is not allowed: the results in {self.path} were "
+                f"made with {recorded} intra-op thread(s) and reproduce bit for bit only with as "
+                f"many; give {name} {recorded}")
 
     def check_same_settings(self, other: ResultsFolder, why: str) -> None:
         """Refuse `other` unless its results were made with this folder's settings; `why` says

@@ -43,7 +43,10 @@ def check_results_and_baselines(args: argparse.Namespace) -> None:
     folder itself must hold their runs."""
     wanted = {"folds": args.folds, "epochs": args.epochs, "batch_size": args.batch_size,
               "seed": args.seed, "subset": args.subset or None}
-    store.ResultsFolder(args.results_dir).check_settings("--results-dir", wanted)
+    results = store.ResultsFolder(args.results_dir)
+    results.check_settings("--results-dir", wanted)
+    if not args.summarize_only:
+        results.check_thread_count("--threads", args.threads)
     if args.baseline is None:
         if not all(any((args.results_dir / method).glob("fold_*.csv")) for method in BASELINES):
             refuse("--baseline", None, f"give the results folder of the baselines "

@@ -48,9 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         validate_parameters(epochs=args.epochs, batch_size=args.batch_size, subset=args.subset,
                             seed=args.seed, results_dir=args.results_dir, methods=args.methods,
                             trains_on_all=True, names=names, smoke=False)
-        store.ResultsFolder(args.results_dir).check_settings("results_dir", {
+        results = store.ResultsFolder(args.results_dir)
+        results.check_settings("results_dir", {
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "subset": args.subset or None})
+        results.check_thread_count("--threads", args.threads)
     return args
 
 
