@@ -89,13 +89,6 @@ def measure(notebook: Path, executed: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("prefixes", nargs="*", help="only notebooks whose name starts so")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "memory")
-    parser.add_argument("--note", default="", help="added to the log's first line")
-    args = parser.parse_args(argv)
-    notebooks = [path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
-                 if not args.prefixes or path.name.startswith(tuple(args.prefixes))]
     from helpers.experiments.params import (
         check_output_folder,
         prepare_output_dir,
@@ -103,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         usage_errors,
     )
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("prefixes", nargs="*", help="only notebooks whose name starts so")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "memory")
+    parser.add_argument("--note", default="", help="added to the log's first line")
+    args = parser.parse_args(argv)
+    notebooks = [path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+                 if not args.prefixes or path.name.startswith(tuple(args.prefixes))]
     with usage_errors(parser):
         if not notebooks:
             refuse("prefixes", args.prefixes, "no notebook in notebooks/ starts with any of them")

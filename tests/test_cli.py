@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import folder_snapshot
 
 from helpers.tooling import launcher, notebook_index, report, run_ablation, run_heldout
 
@@ -264,12 +265,6 @@ def substituted(text: str, places: dict[str, str]) -> str:
     return text
 
 
-def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under `folder`."""
-    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
-            for path in sorted(folder.rglob("*"))}
-
-
 def case_id(case) -> str:
     return " ".join(case[0])
 
@@ -278,7 +273,7 @@ def case_id(case) -> str:
 def test_a_bad_option_is_one_line_exit_2_and_nothing_written(argv, message, places, tmp_path,
                                                              capsys, monkeypatch):
     monkeypatch.setenv("TAPE_VS_FIT_SMOKE", "1")  # a command line must not shrink anything
-    before = snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     command, *arguments = argv
     with pytest.raises(SystemExit) as stop:
         COMMANDS[command]([substituted(argument, places) for argument in arguments])
@@ -287,7 +282,7 @@ def test_a_bad_option_is_one_line_exit_2_and_nothing_written(argv, message, plac
     assert "Traceback" not in error
     last = error.strip().splitlines()[-1]
     assert ": error: " in last and substituted(message, places) in last.split(": error: ")[1], last
-    assert snapshot(tmp_path) == before  # byte for byte: the sentinel's folder above all
+    assert folder_snapshot(tmp_path) == before  # byte for byte: the sentinel's folder above all
 
 
 # The issue's table, end to end: the real command in a fresh process.
@@ -303,11 +298,11 @@ END_TO_END = [
 
 @pytest.mark.parametrize("argv", END_TO_END, ids=" ".join)
 def test_end_to_end_exit_2_without_traceback(argv, places, tmp_path):
-    before = snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     done = subprocess.run([sys.executable, *(substituted(a, places) for a in argv)], cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and not done.stdout
     assert ": error: parameter " in done.stderr.strip().splitlines()[-1], done.stderr
-    assert snapshot(tmp_path) == before
+    assert folder_snapshot(tmp_path) == before

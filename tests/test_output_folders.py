@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import folder_snapshot
 
 from helpers.experiments import cv, heldout, params, store
 from helpers.experiments.params import (
@@ -121,12 +122,6 @@ def parameter_cells(path: Path) -> tuple[str, str]:
     return cells[index].source, cells[index + 1].source
 
 
-def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under `folder`."""
-    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
-            for path in sorted(folder.rglob("*"))}
-
-
 def notebook_folders() -> list[tuple[str, str]]:
     """(notebook, folder parameter) for every folder a notebook's parameters name."""
     found = []
@@ -155,10 +150,10 @@ def test_a_notebook_leaves_a_folder_it_did_not_make_byte_identical(notebook, nam
     """Issue #22: every notebook parameter that names a results or output folder, given a folder
     the project did not make, stops the validation cell with a ParameterError naming it, and the
     folder (its sentinel file) is byte-identical afterwards."""
-    before = snapshot(foreign_folder.parent)
+    before = folder_snapshot(foreign_folder.parent)
     with pytest.raises(ParameterError, match=f"parameter {name}=.*this project did not make it"):
         run_validation(notebook, **{name: str(foreign_folder)})
-    assert snapshot(foreign_folder.parent) == before
+    assert folder_snapshot(foreign_folder.parent) == before
 
 
 @pytest.mark.parametrize("notebook, name", notebook_folders())

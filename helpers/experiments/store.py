@@ -26,6 +26,7 @@ from helpers.experiments.params import (
     ParameterError,
     check_project_folder,
     check_results_folder,
+    refuse,
 )
 
 RUN_INFO = "run_info.json"
@@ -146,9 +147,8 @@ class ResultsFolder:
         differing = [f"{key}: saved {saved.get(key)!r}, now {value!r}"
                      for key, value in wanted.items() if saved and saved.get(key) != value]
         if differing:
-            raise ParameterError(f"parameter {name}={str(self.path)!r} is not allowed: its "
-                                 f"results were made with other settings ({', '.join(differing)})"
-                                 "; use another folder, or the same settings")
+            refuse(name, str(self.path), f"its results were made with other settings "
+                   f"({', '.join(differing)}); use another folder, or the same settings")
 
     def check_thread_count(self, name: str, threads: int) -> None:
         """Before resuming a run with ``use_threads(threads)``: refuse (a ParameterError naming
@@ -158,10 +158,9 @@ class ResultsFolder:
 
         recorded = self.recorded_run_info().get("threads_to_reproduce")
         if recorded is not None and recorded != threads_to_reproduce(threads):
-            raise ParameterError(
-                f"parameter {name}={threads!r} is not allowed: the results in {self.path} were "
-                f"made with {recorded} intra-op thread(s) and reproduce bit for bit only with as "
-                f"many; give {name} {recorded}")
+            refuse(name, threads, f"the results in {self.path} were made with {recorded} "
+                   f"intra-op thread(s) and reproduce bit for bit only with as many; give {name} "
+                   f"{recorded}")
 
     def check_same_settings(self, other: ResultsFolder, why: str) -> None:
         """Refuse `other` unless its results were made with this folder's settings; `why` says

@@ -92,7 +92,8 @@ def run_trainer(trainer: str, strategy, args, checkpoints: Path | None = None) -
     orders = epoch_orders(len(train[0]), args.epochs, args.seed)
     if trainer == "matched":
         strategy = tf.distribute.get_strategy()  # the default: one device
-    model = build_cnn(strategy, args.seed, args.dropout, args.l2)
+    dropout = {} if args.dropout is None else {"dropout": args.dropout}  # None: the article's
+    model = build_cnn(strategy, args.seed, l2=args.l2, **dropout)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                   batch_orders=orders)
     train_function = {"loop": train_distributed_loop, "fit": train_fit,
@@ -171,7 +172,8 @@ def _worker_command(args, index: int) -> list[str]:
                "--trainers", *args.trainers, "--out", str(args.out)]
     for name in ("epochs", "samples", "val_samples", "batch_size", "seed", "dropout", "l2",
                  "threads"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        if getattr(args, name) is not None:  # a --dropout not given: the article's
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.fail_worker == index:
         command.append("--fail")
     return command
@@ -307,7 +309,7 @@ def last_meaningful_lines(handle, width: int = 300) -> str:
     (`helpers.notebook.quiet_tensorflow.is_start_up_line`): the exception line of a traceback
     (``SomeError: ...``, cut to `width` characters) and, if its message goes on over more lines,
     the last of them; without a traceback, the last two lines (of the last start)."""
-    from helpers.notebook.quiet_tensorflow import is_start_up_line  # (TensorFlow is loaded)
+    from helpers.notebook.quiet_tensorflow import is_start_up_line  # loads TensorFlow
 
     handle.flush()
     handle.seek(0)
@@ -429,11 +431,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     with usage_errors(parser):
         check_launcher_options(args)
-    if args.dropout is None:
-        import helpers.notebook.quiet_tensorflow  # noqa: F401 (before Keras: no start-up lines)
-        from helpers.model import ARTICLE_DROPOUT  # loads Keras: after the checks
-
-        args.dropout = ARTICLE_DROPOUT
     if args.out is None and not args.serve_epochs:  # a benchmark worker writes no files
         args.out = Path(tempfile.mkdtemp(prefix="tape-vs-fit-distributed-"))
     return args

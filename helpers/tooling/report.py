@@ -174,7 +174,7 @@ def check_markers(name: str, path: Path, *pairs: tuple[str, str]) -> None:
             refuse(name, str(path), f"it needs exactly one {start} ... {end} block")
 
 
-def check_options(args: argparse.Namespace) -> None:
+def check_report_options(args: argparse.Namespace) -> None:
     """The folders read and the files rewritten, before anything is read or written."""
     check_results("results", args.results, ("table.csv", "run_info.json"))
     readme_markers = [(START, END)]
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
     with usage_errors(parser):
-        check_options(args)
+        check_report_options(args)
     current = args.readme.read_text()
     updated = replace_block(current, results_markdown(args.results, args.readme.parent))
     files = {args.readme: (current, updated)}
