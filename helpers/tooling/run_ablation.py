@@ -38,14 +38,17 @@ BASELINES = ("fit", "naive")  # what the variants are compared with
 
 def check_results_and_baselines(args: argparse.Namespace) -> None:
     """The variants are compared with fit and the article's loop trained on the same folds from
-    the same initial weights: `--baseline` must be a results folder made with this run's settings
-    (and so must `--results-dir`, if it holds results already); without `--baseline` the results
-    folder itself must hold their runs."""
-    wanted = {"folds": args.folds, "epochs": args.epochs, "batch_size": args.batch_size,
-              "seed": args.seed, "subset": args.subset or None}
+    the same initial weights: `--baseline` must be a results folder made with the settings of
+    this run (with --summarize-only: of the results folder), and so must `--results-dir`, if it
+    holds results already; without `--baseline` the results folder itself must hold their
+    runs."""
     results = store.ResultsFolder(args.results_dir)
-    results.check_settings("--results-dir", wanted)
-    if not args.summarize_only:
+    if args.summarize_only:
+        wanted = results.settings()
+    else:
+        wanted = {"folds": args.folds, "epochs": args.epochs, "batch_size": args.batch_size,
+                  "seed": args.seed, "subset": args.subset or None}
+        results.check_settings("--results-dir", wanted)
         results.check_thread_count("--threads", args.threads)
     if args.baseline is None:
         if not all(any((args.results_dir / method).glob("fold_*.csv")) for method in BASELINES):
