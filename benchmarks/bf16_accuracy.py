@@ -44,18 +44,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         for key, value in QUICK.items():
             setattr(args, key, value)
     from helpers.experiments.params import (
+        check_methods,
         check_output_file,
         command_line_names,
         usage_errors,
         validate_parameters,
     )
 
+    names = command_line_names(subset="--samples")
     with usage_errors(parser):
         check_output_file("--csv", args.csv)
         # --samples is the cross-validated subset: at least 10 classes x folds
         validate_parameters(folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
-                            subset=args.samples, seed=args.seed, methods=args.methods,
-                            names=command_line_names(subset="--samples"), smoke=False)
+                            subset=args.samples, seed=args.seed, names=names, smoke=False)
+        import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
+
+        check_methods(args.methods, names)
     return args
 
 

@@ -5,8 +5,8 @@ thing in it, byte for byte), not anywhere else in the test's folder.
 
 Most cases call each command's ``main(argv)`` in this process (argparse's usage error is a
 SystemExit); a handful run the real command in a subprocess, where "no traceback, exit status 2"
-is proved end to end. Only the cases that check a method's name import TensorFlow: every other
-check runs before it.
+is proved end to end, and that no TensorFlow start-up line comes before the message. Only the
+cases that check a method's name import TensorFlow: every other check runs before it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import folder_snapshot
 
+from helpers.notebook.quiet_tensorflow import is_start_up_line
 from helpers.tooling import launcher, notebook_index, report, run_ablation, run_heldout
 
 # Argument parsing and folder checks: the same with any versions.
@@ -92,7 +93,7 @@ CASES = [
     ([*ABLATION, "--steps-per-execution", "0"],
      "parameter --steps-per-execution=0 is not allowed: it must be >= 1"),
     ([*ABLATION, "--folds", "two"], "argument --folds: invalid int value: 'two'"),
-    ([*ABLATION, "--variants", "naive+dropout", "bogus"],
+    ([*ABLATION, "--baseline", str(FULL_SCALE), "--variants", "naive+dropout", "bogus"],
      "parameter --variants=['naive+dropout', 'bogus'] is not allowed: every name must be one of "),
     ([*ABLATION, "--baseline", "NEW/none"],
      "parameter --baseline='NEW/none' is not allowed: it must be a results folder with a "
@@ -265,6 +266,10 @@ def substituted(text: str, places: dict[str, str]) -> str:
     return text
 
 
+def start_up_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if is_start_up_line(line)]
+
+
 def case_id(case) -> str:
     return " ".join(case[0])
 
@@ -293,6 +298,7 @@ END_TO_END = [
     ["-m", "helpers.tooling.launcher", "--workers", "-1"],
     ["-m", "helpers.tooling.launcher", "--replicas", "2", "--samples", "3", "--batch-size", "2"],
     ["benchmarks/throughput.py", "--csv", "FOREIGN/throughput.csv"],
+    ["-m", "helpers.tooling.run_heldout", "NEW", "--methods", "bogus"],  # imports TensorFlow
 ]
 
 
@@ -304,5 +310,6 @@ def test_end_to_end_exit_2_without_traceback(argv, places, tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and not done.stdout
+    assert not start_up_lines(done.stderr), done.stderr
     assert ": error: parameter " in done.stderr.strip().splitlines()[-1], done.stderr
     assert folder_snapshot(tmp_path) == before

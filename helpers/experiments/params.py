@@ -242,15 +242,7 @@ def validate_parameters(
     training_images = images if trains_on_all else images - math.ceil(images / (folds or 5))
     check_integer(names("batch_size"), batch_size, 1, training_images)
     if methods is not None:  # last: the names come from helpers.training, which loads TensorFlow
-        from helpers.training import METHODS
-
-        if isinstance(methods, str):
-            refuse(names("methods"), methods, "it must be a list of names, e.g. ['fit', 'naive']")
-        methods = list(methods)
-        unknown = [name for name in methods if name not in METHODS]
-        if not methods or unknown:
-            refuse(names("methods"), methods,
-                   f"it must be a non-empty list from {sorted(METHODS)}")
+        methods = check_methods(methods, names)
     checked = dict(others, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
                    subset=subset or None)
     if folds is not None:
@@ -260,6 +252,21 @@ def validate_parameters(
     if others.get("output_dir") is not None:
         prepare_output_dir(others["output_dir"])
     return checked
+
+
+def check_methods(methods: Iterable[str], names: Callable[[str], str] = str) -> list[str]:
+    """`methods` must be a non-empty list of names from helpers.training.METHODS; returns it as a
+    list. Loads TensorFlow (helpers.training): a command line checks the rest first, and imports
+    helpers.notebook.quiet_tensorflow before it."""
+    from helpers.training import METHODS
+
+    if isinstance(methods, str):
+        refuse(names("methods"), methods, "it must be a list of names, e.g. ['fit', 'naive']")
+    methods = list(methods)
+    unknown = [name for name in methods if name not in METHODS]
+    if not methods or unknown:
+        refuse(names("methods"), methods, f"it must be a non-empty list from {sorted(METHODS)}")
+    return methods
 
 
 def validate_ablation_parameters(*, ablation_folds: int, folds: int, full_scale_dir,

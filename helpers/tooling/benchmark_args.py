@@ -63,6 +63,7 @@ def parse_benchmark_args(parser: argparse.ArgumentParser, argv, quick: dict,
         check_options(args, {"batch_size": 1, "peak_size": 1, **minimums}, names)
         check_output_file("--csv", args.csv)
         if args.methods is not None:
+            import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
             from helpers.tooling.speed import BENCHMARK_METHODS
 
             unknown = [name for name in args.methods if name not in BENCHMARK_METHODS]

@@ -86,19 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                             subset=args.subset, seed=args.seed, results_dir=args.results_dir,
                             names=names, smoke=False)
         check_options(args, {"threads": 0, "steps_per_execution": 1}, names)
-        if args.variants is not None:
-            from helpers.training import ABLATION_METHODS  # loads TensorFlow: only when asked
-
-            unknown = [name for name in args.variants if name not in ABLATION_METHODS]
-            if unknown:
-                refuse("--variants", args.variants, f"every name must be one of "
-                       f"{list(ABLATION_METHODS)}; unknown: {unknown}")
         if args.summarize_only:
             check_results_folder("--results-dir", args.results_dir)
             if not (args.results_dir / store.RUN_INFO).is_file():
                 refuse("--results-dir", str(args.results_dir), f"--summarize-only needs the "
                        f"{store.RUN_INFO} of the run that trained the variants")
         check_results_and_baselines(args)  # before hours of training, not after
+        if args.variants is not None:  # last: the names load TensorFlow
+            import helpers.notebook.quiet_tensorflow  # noqa: F401 (no start-up lines)
+            from helpers.training import ABLATION_METHODS
+
+            unknown = [name for name in args.variants if name not in ABLATION_METHODS]
+            if unknown:
+                refuse("--variants", args.variants, f"every name must be one of "
+                       f"{list(ABLATION_METHODS)}; unknown: {unknown}")
     return args
 
 

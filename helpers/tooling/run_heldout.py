@@ -17,6 +17,7 @@ import sys
 from helpers.experiments import store
 from helpers.experiments.params import (
     ParameterError,
+    check_methods,
     check_options,
     command_line_names,
     usage_errors,
@@ -46,13 +47,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_options(args, {"threads": 0}, names)
         # no folds: every method trains on all `subset` images (trains_on_all)
         validate_parameters(epochs=args.epochs, batch_size=args.batch_size, subset=args.subset,
-                            seed=args.seed, results_dir=args.results_dir, methods=args.methods,
-                            trains_on_all=True, names=names, smoke=False)
+                            seed=args.seed, results_dir=args.results_dir, trains_on_all=True,
+                            names=names, smoke=False)
         results = store.ResultsFolder(args.results_dir)
         results.check_settings("results_dir", {
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "subset": args.subset or None})
         results.check_thread_count("--threads", args.threads)
+        import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
+
+        check_methods(args.methods, names)
     return args
 
 
