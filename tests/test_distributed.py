@@ -37,6 +37,8 @@ from helpers.tooling import private_network
 from helpers.tooling.launcher import (
     WorkerError,
     checkpoint_dir,
+    how_it_ended,
+    last_meaningful_lines,
     launch_workers,
     load_result,
     main,
@@ -337,6 +339,32 @@ def test_the_launcher_and_its_workers_print_no_tensorflow_start_up_lines(mirrore
         log = (two_workers["out"] / f"worker_{index}.log").read_text()
         assert "loop: epoch 2 finished" in log, log
         assert not start_up_lines(log), log
+
+
+BANNER = """WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795949133.072756   24401 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1795949133.073144   24401 cudart_stub.cc:31] Could not find cuda drivers on your machine
+"""
+
+
+def test_a_failure_message_quotes_the_log_without_tensorflow_banner_lines(tmp_path):
+    """The issue's case: a worker killed after its log's last line, TensorFlow's start-up lines
+    around it. The message says how it ended and quotes the log's own lines (of the last start,
+    after a restart), or the exception line of a traceback."""
+    log = tmp_path / "worker_1.log"
+    log.write_text(f"{BANNER}loop: epoch 1 finished, loss 2.1\n--- restart 1 ---\n{BANNER}"
+                   f"loop: epoch 2 finished, loss 1.9\n{BANNER}")
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "loop: epoch 2 finished, loss 1.9"
+    log.write_text(f"{BANNER}Traceback (most recent call last):\n  File ...\n"
+                   "RuntimeError: this worker was told to fail\n")
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "RuntimeError: this worker was told to fail"
+    log.write_text(BANNER)
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "(no output)"
+    assert how_it_ended(-9) == "killed by signal 9 (SIGKILL)"
+    assert how_it_ended(1) == "exit code 1"
 
 
 def saved_epoch_files(directory: Path) -> str:
