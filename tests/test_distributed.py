@@ -45,6 +45,8 @@ from helpers.tooling.launcher import (
     max_history_difference,
     max_weight_difference,
     parse_args,
+    roll_back_to_common_epoch,
+    saved_epochs,
     tf_config,
 )
 from helpers.tooling.private_network import LoopbackNetwork, free_ports
@@ -365,6 +367,30 @@ def test_a_failure_message_quotes_the_log_without_tensorflow_banner_lines(tmp_pa
         assert last_meaningful_lines(handle) == "(no output)"
     assert how_it_ended(-9) == "killed by signal 9 (SIGKILL)"
     assert how_it_ended(1) == "exit code 1"
+
+
+def test_roll_back_keeps_only_the_epochs_every_worker_saved(tmp_path):
+    """Worker 0 saved epochs 1 and 2 of the loop, worker 1 only epoch 1: worker 0 is rolled back
+    to epoch 1 (its epoch-2 files removed). Had worker 1 saved none, both start from 0."""
+    import tensorflow as tf
+
+    def save(worker, epochs):
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(0.0)),
+                                             str(checkpoint_dir(tmp_path, worker, "loop")), 2)
+        for epoch in epochs:
+            manager.save(checkpoint_number=epoch)
+
+    args = worker_args(tmp_path)  # while the folder is new
+    save(0, [1, 2])
+    save(1, [1])
+    assert roll_back_to_common_epoch(args) == {"loop": 1}
+    first = checkpoint_dir(tmp_path, 0, "loop")
+    assert saved_epochs(first) == [1] and not list(first.glob("ckpt-2.*"))
+    assert saved_epochs(checkpoint_dir(tmp_path, 1, "loop")) == [1]
+    for file in checkpoint_dir(tmp_path, 1, "loop").iterdir():
+        file.unlink()
+    assert roll_back_to_common_epoch(args) == {"loop": 0}
+    assert saved_epochs(first) == [] and not list(first.glob("ckpt-*"))
 
 
 def saved_epoch_files(directory: Path) -> str:
