@@ -44,10 +44,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if args.folds < 2 or args.epochs < 1 or args.batch_size < 1:
-        parser.error("need --folds >= 2, --epochs >= 1, --batch-size >= 1")
-    if not 10 * args.folds <= args.samples <= 60000:
-        parser.error("--samples must be from 10 x folds to 60000")
+    from helpers.experiments.params import (
+        check_methods,
+        check_output_file,
+        command_line_names,
+        usage_errors,
+        validate_parameters,
+    )
+
+    names = command_line_names(subset="--samples")
+    with usage_errors(parser):
+        check_output_file("--csv", args.csv)
+        # --samples is the cross-validated subset: at least 10 classes x folds
+        validate_parameters(folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
+                            subset=args.samples, seed=args.seed, names=names, smoke=False)
+        import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
+
+        check_methods(args.methods, names)
     return args
 
 
@@ -65,6 +78,7 @@ def main(argv=None):
 
     from helpers.data import load_mnist
     from helpers.experiments.compare import final_epoch, paired_comparison
+    from helpers.tooling.benchmark_args import prepare_csv
     from helpers.tooling.speed import load_average, load_columns, policy_cross_validation
 
     load_at_start = load_average()
@@ -95,8 +109,7 @@ def main(argv=None):
                  keras=keras.__version__, cpu_count=os.cpu_count(), quick=args.quick,
                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  **load_columns(load_at_start, load_average()))
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.assign(**stamp).to_csv(args.csv, index=False)
+    table.assign(**stamp).to_csv(prepare_csv(args.csv), index=False)
     paired_csv = args.csv.with_name(args.csv.stem + "_paired.csv")
     pd.DataFrame(comparisons).assign(**stamp).to_csv(paired_csv, index=False)
     print(f"\nwrote {args.csv} and {paired_csv}")

@@ -35,26 +35,20 @@ QUICK = {"samples": 200, "warmup": 1, "rounds": 1, "peak_size": 1024}
 
 def parse_args(argv=None) -> argparse.Namespace:
     from helpers.tooling.benchmark_args import benchmark_parser, parse_benchmark_args
-    from helpers.tooling.speed import BENCHMARK_METHODS
 
     parser = benchmark_parser(__doc__, DEFAULT_CSV, QUICK)
     parser.add_argument("--warmup", type=int, default=2,
-                        help="epochs per method run before the profiled ones")
+                        help="epochs per method run before the profiled ones (>= 1: the first "
+                             "holds tracing)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="profiled epochs per method, taking turns; the median one is kept")
-    parser.add_argument("--methods", nargs="+", choices=list(BENCHMARK_METHODS),
-                        default=DEFAULT_METHODS, metavar="METHOD",
-                        help="any of: " + ", ".join(BENCHMARK_METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
+                        help="names from helpers.tooling.speed.BENCHMARK_METHODS")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of TensorFlow's intra-op and inter-op pools (0: "
                              "TensorFlow's choice, every core); the matmul peak is measured "
                              "with the same threads")
-    args = parse_benchmark_args(parser, argv, QUICK, ("rounds",))
-    if args.threads < 0:
-        parser.error("--threads must be >= 0")
-    if args.warmup < 1:
-        parser.error("--warmup must be >= 1 (the first epoch holds tracing)")
-    return args
+    return parse_benchmark_args(parser, argv, QUICK, {"rounds": 1, "warmup": 1, "threads": 0})
 
 
 def main(argv=None):
@@ -69,7 +63,7 @@ def main(argv=None):
     threads = use_threads(args.threads)  # before TensorFlow's first op: it makes its pools once
 
     from helpers.data import load_mnist
-    from helpers.tooling.benchmark_args import run_stamp
+    from helpers.tooling.benchmark_args import prepare_csv, run_stamp
     from helpers.tooling.profiling import profile_rounds, utilization_bounds
     from helpers.tooling.speed import (
         BENCHMARK_METHODS,
@@ -127,8 +121,7 @@ def main(argv=None):
     if problem:
         print(f"no share of the matmul peak: {problem}")
     print(machine_state(result))
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    result.to_csv(args.csv, index=False)
+    result.to_csv(prepare_csv(args.csv), index=False)
     ops_csv = args.csv.with_name(args.csv.stem + "_ops.csv")
     pd.concat(ops, ignore_index=True).assign(**stamp, **load).to_csv(ops_csv, index=False)
     print(f"wrote {args.csv} and {ops_csv}")

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import nbformat
 
+from helpers.experiments.params import refuse, usage_errors
 from helpers.notebook.environment import HOSTED_VARIABLES
 
 # The GitHub repository (owner/name) that the badges open and the Setup cells install from.
@@ -395,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    with usage_errors(parser):
+        if not (root / "README.md").is_file() or not (root / "notebooks").is_dir():
+            refuse("--root", str(args.root), "it must be a checkout of this repository (a folder "
+                   "with README.md and notebooks/)")
     try:
         changes = plan(root)
         setup_changes = plan_setup_cells(root)
