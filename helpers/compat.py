@@ -125,6 +125,29 @@ def unscale_loss_for_distribution(loss):
     return unscale(loss)
 
 
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``, but under a backend other than TensorFlow without
+    importing TensorFlow: keras/src/utils/rng_utils.py: ``set_random_seed`` also seeds
+    TensorFlow whenever it is installed (``if tf.available``, which imports it), for tf.data
+    pipelines that the JAX loops here do not use. The rest is done as it does: Keras' global
+    seed (``GLOBAL_RANDOM_SEED``, which ``keras.utils.get_random_seed`` returns and the global
+    ``SeedGenerator`` is recreated from), Python's and NumPy's."""
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 # ----------------------------------------------------------------------------------------------
 # Keras internals: fit's data preparation
 

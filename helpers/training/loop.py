@@ -76,8 +76,6 @@ from helpers.training.step import (
     tape_train_step,
 )
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
 
 class Trainer:
     """fit's epoch loop around one training function, built -- and, compiled, traced -- once.

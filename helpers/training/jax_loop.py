@@ -1,0 +1,324 @@
+"""The tape loops' question under Keras' JAX backend: a hand-written JAX loop (``stateless_call``,
+``jax.value_and_grad``, ``jax.jit``) with the article's four `DIFFERENCES` switchable, and the
+step of keras.io's guide "Writing a training loop from scratch in JAX". Loads no TensorFlow.
+
+- `jax_train_step`: fit's JAX step (`matched`), or the article's, or anything in between;
+- `guide_train_step`: the guide's step as written, ``training`` unset unless asked for;
+- `train_jax_loop`: the epoch loop around either, with the epoch orders fit is given
+  (`helpers.training.fit.EpochOrders`), Keras' own ``CallbackList`` and ``History`` (as fit adds
+  them), and fit's validation after every epoch; `train_jax_matched`, `train_jax_naive` and
+  `train_guide_loop` are its named variants, with `helpers.training`'s signature.
+
+Where fit's JAX step lives (Keras 3.15.1): keras/src/backend/jax/trainer.py:
+``JAXTrainer.train_step`` (``jax.value_and_grad`` of ``compute_loss_and_updates``, which calls
+``stateless_call(..., training=True, return_losses=True)`` and ``stateless_compute_loss``; then
+``optimizer.stateless_apply``; then ``_update_metrics_variables``: the loss tracker, weighted by
+the batch size, and ``compute_metrics``, in a ``StatelessScope``), jitted once by
+``JAXTrainer.make_train_function``; validation by ``JAXTrainer.test_step`` (``training=False``).
+``JAXTrainer.fit`` reads the state from the model's variables at each epoch's start (after
+resetting the metrics) and writes it back at the epoch's end (``jax_state_sync``), before
+validation. Dropout's randomness is a ``SeedGenerator`` state among the non-trainable
+variables, which ``stateless_call`` returns advanced: the loop carries it like any other state.
+
+Under the TensorFlow backend use `helpers.training.loop` instead: this module needs JAX's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import keras
+import numpy as np
+
+from helpers import compat
+from helpers.differences import DIFFERENCE_KEYS
+from helpers.training.fit import (
+    EpochOrders,
+    EpochTimer,
+    arrays_like_fit,
+    check_orders,
+    require_compiled,
+)
+
+
+class JaxState(NamedTuple):
+    """Everything a stateless step reads and returns: the values of the model's trainable and
+    non-trainable variables (Dropout's seed state among the latter), the optimizer's, and the
+    metrics' (fit's order, ``JAXTrainer.train_step``)."""
+
+    trainable: list
+    non_trainable: list
+    optimizer: list
+    metrics: list
+
+    @classmethod
+    def of(cls, model: keras.Model) -> JaxState:
+        """The current values of `model`'s variables (``JAXTrainer._get_jax_state``)."""
+        return cls(*([v.value for v in variables] for variables in _variable_groups(model)))
+
+    def assign_to(self, model: keras.Model) -> None:
+        """Write these values back into `model`'s variables (``JAXTrainer.jax_state_sync``)."""
+        for variables, values in zip(_variable_groups(model), self):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+
+
+def _variable_groups(model):
+    return (model.trainable_variables, model.non_trainable_variables,
+            model.optimizer.variables, model.metrics_variables)
+
+
+def check_jax_backend() -> None:
+    """Raise unless Keras runs on its JAX backend (this module's loops are JAX programs)."""
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(
+            f"the JAX loop needs Keras' JAX backend; this Keras runs on "
+            f"{keras.backend.backend()!r}: set KERAS_BACKEND=jax before Keras is imported")
+
+
+def _check_matchable(model: keras.Model, step_fixes) -> None:
+    """Refuse, by name, what this loop would train differently from fit."""
+    require_compiled(model)
+    refused = [f"a custom {method} ({type(model).__name__}.{method})"
+               for method in ("train_step", "test_step", "compute_loss")
+               if getattr(type(model), method) is not getattr(keras.Model, method)]
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        refused.append("loss scaling (LossScaleOptimizer, e.g. under a mixed_float16 policy)")
+    if keras.distribution.distribution() is not None and "mean_loss" not in step_fixes:
+        refused.append("a keras.distribution without the 'mean_loss' fix")
+    if refused:
+        raise NotImplementedError("the JAX loop cannot reproduce fit for model "
+                                  f"{model.name!r} with: " + "; ".join(refused))
+
+
+def _update_metrics(model, metrics_values, loss, x, y, y_pred, sample_weight):
+    """fit's metric update, stateless (``JAXTrainer._update_metrics_variables``): the loss
+    tracker weighted by the batch size, then the compiled metrics. Returns (logs, new values)."""
+    mapping = list(zip(model.metrics_variables, metrics_values))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        compat.loss_tracker(model).update_state(loss, sample_weight=x.shape[0])
+        logs = model.compute_metrics(x, y, y_pred, sample_weight)
+    return logs, [scope.get_current_value(v) for v in model.metrics_variables]
+
+
+def jax_train_step(model: keras.Model, *, dropout: bool = True, mean_loss: bool = True):
+    """One jitted training step ``step(state, x, y[, sample_weight]) -> (logs, state)`` with
+    the article's two step-level differences switchable:
+
+    - `dropout`: ``stateless_call(..., training=True)`` as fit, else ``training`` unset, so
+      Dropout is off;
+    - `mean_loss`: fit's loss, ``stateless_compute_loss`` (the compiled loss, reduced as
+      compiled, plus ``model.losses``), else the article's per-sample loss vector, whose
+      gradient in JAX must be asked of its sum (what ``tape.gradient`` of a vector gives).
+
+    Then ``optimizer.stateless_apply`` and fit's metric update. All switches on is
+    ``JAXTrainer.train_step`` written with public API (and `helpers.compat.loss_tracker`)."""
+    check_jax_backend()
+    _check_matchable(model, ("dropout",) * dropout + ("mean_loss",) * mean_loss)
+    optimizer = model.optimizer
+    call_options = {"training": True} if dropout else {}
+    per_sample_loss = keras.losses.get(model.loss)
+    if isinstance(per_sample_loss, keras.losses.Loss):
+        per_sample_loss = per_sample_loss.call  # the unreduced per-sample values
+
+    def loss_and_updates(trainable, non_trainable, metrics_values, x, y, sample_weight):
+        y_pred, non_trainable, losses = model.stateless_call(
+            trainable, non_trainable, x, return_losses=True, **call_options)
+        if mean_loss:
+            if losses:  # fit hands the forward pass's losses to compute_loss this way
+                model._losses_override = losses
+            loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
+                trainable, non_trainable, metrics_values, x=x, y=y, y_pred=y_pred,
+                sample_weight=sample_weight, training=True)
+            model._losses_override = []
+            reported = loss
+        else:
+            per_sample = per_sample_loss(y, y_pred)
+            loss, reported = keras.ops.sum(per_sample), keras.ops.mean(per_sample)
+        return loss, (reported, y_pred, non_trainable, metrics_values)
+
+    gradient = jax.value_and_grad(loss_and_updates, has_aux=True)
+
+    def step(state: JaxState, x, y, sample_weight=None):
+        (_, (loss, y_pred, non_trainable, metrics_values)), grads = gradient(
+            state.trainable, state.non_trainable, state.metrics, x, y, sample_weight)
+        trainable, optimizer_values = optimizer.stateless_apply(
+            state.optimizer, grads, state.trainable)
+        logs, metrics_values = _update_metrics(model, metrics_values, loss, x, y, y_pred,
+                                               sample_weight)
+        return logs, JaxState(trainable, non_trainable, optimizer_values, metrics_values)
+
+    return jax.jit(step, donate_argnums=0)  # as fit jits its step (make_train_function)
+
+
+def guide_train_step(model: keras.Model, *, training: bool = False):
+    """The step of keras.io's guide "Writing a training loop from scratch in JAX"
+    (keras-team/keras-io: guides/writing_a_custom_training_loop_in_jax.py, its
+    ``compute_loss_and_updates`` and ``@jax.jit train_step`` with metrics), as written but for
+    the article's model: ``model.stateless_call(trainable, non_trainable, x)`` -- ``training``
+    unset, so Dropout never runs --, ``loss_fn(y, y_pred)`` (the compiled loss, mean over the
+    batch), ``jax.value_and_grad(..., has_aux=True)``, ``optimizer.stateless_apply``. The guide
+    tracks accuracy with its own metric's ``stateless_update_state``; here the model's
+    compiled metrics are updated as fit updates them, so that History has fit's columns.
+    `training` True adds ``training=True`` to ``stateless_call``, and nothing else."""
+    check_jax_backend()
+    _check_matchable(model, ("mean_loss",))
+    # the guide's Loss object (mean over the batch), e.g. CategoricalCrossentropy() for
+    # compile(loss="categorical_crossentropy")
+    loss_fn = keras.losses.get("".join(part.title() for part in model.loss.split("_"))
+                               if isinstance(model.loss, str) else model.loss)
+    optimizer = model.optimizer
+    call_options = {"training": True} if training else {}
+
+    def compute_loss_and_updates(trainable, non_trainable, x, y):
+        y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x,
+                                                     **call_options)
+        loss = loss_fn(y, y_pred)
+        return loss, (y_pred, non_trainable)
+
+    grad_fn = jax.value_and_grad(compute_loss_and_updates, has_aux=True)
+
+    def step(state: JaxState, x, y):
+        (loss, (y_pred, non_trainable)), grads = grad_fn(state.trainable, state.non_trainable,
+                                                         x, y)
+        trainable, optimizer_values = optimizer.stateless_apply(state.optimizer, grads,
+                                                                state.trainable)
+        logs, metrics_values = _update_metrics(model, state.metrics, loss, x, y, y_pred, None)
+        return logs, JaxState(trainable, non_trainable, optimizer_values, metrics_values)
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def _validation_step(model: keras.Model):
+    """fit's validation step, stateless and jitted (``JAXTrainer.test_step``): inference mode,
+    the compiled loss + ``model.losses``, fit's metric update."""
+
+    def step(state: JaxState, x, y, sample_weight=None):
+        y_pred, non_trainable = model.stateless_call(state.trainable, state.non_trainable, x,
+                                                     training=False)
+        loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
+            state.trainable, non_trainable, state.metrics, x=x, y=y, y_pred=y_pred,
+            sample_weight=sample_weight, training=False)
+        _, metrics_values = _update_metrics(model, metrics_values, loss, x, y, y_pred,
+                                            sample_weight)
+        return state._replace(non_trainable=non_trainable, metrics=metrics_values)
+
+    return jax.jit(step)
+
+
+class _FileOrder:
+    """Every epoch's order without the ``"shuffle"`` fix: the samples as they come."""
+
+    def __init__(self, num_samples: int):
+        self.order = np.arange(num_samples)
+
+    def __getitem__(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
+def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed,
+                   fixes=DIFFERENCE_KEYS, guide_step: bool = False, verbose=0,
+                   batch_orders=None, callbacks=None, initial_epoch=0, sample_weight=None,
+                   class_weight=None, validation_split=0.0):
+    """A hand-written JAX loop with the `DIFFERENCES` named in `fixes` done as fit does them
+    (`jax_train_step`; ``"shuffle"``: a new permutation every epoch, from `seed` or exactly
+    `batch_orders`, else file order; ``"partial_batch"``: the last partial batch kept, else
+    dropped), or with `guide_step` the keras.io guide's step (`guide_train_step`, its
+    ``training`` on only with the ``"dropout"`` fix; it has no other step-level switch).
+
+    The epoch loop is ``JAXTrainer.fit``'s: the metrics reset and the state read from the model
+    at each epoch's start, the jitted step on every batch, the state written back to the model
+    at the epoch's end, then validation (`val_data`, in batches of `batch_size`) and
+    ``on_epoch_end``; ``optimizer.finalize_variable_values`` after the last epoch. Callbacks
+    run through Keras' ``CallbackList`` with ``History`` added as fit adds it; per-batch
+    callbacks get the step's logs, but the model's variables are only written back at epoch
+    ends (fit writes them back earlier only for a callback that asks, through its private
+    ``_jax_state``). `sample_weight`, `class_weight` and `validation_split` are fit's
+    (`helpers.training.fit.arrays_like_fit`). Returns fit's History plus ``seconds``."""
+    check_jax_backend()
+    unknown = set(fixes) - set(DIFFERENCE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
+    (x, y, sample_weight), val_data = arrays_like_fit(
+        train_data, val_data, sample_weight=sample_weight, class_weight=class_weight,
+        validation_split=validation_split)
+    if sample_weight is not None and (guide_step or "mean_loss" not in fixes):
+        raise NotImplementedError("sample_weight or class_weight needs fit's loss: the 'mean_loss' "
+                                  "fix, and not the guide's step")
+    compat.build_like_fit(model, (x[:batch_size], y[:batch_size]) if sample_weight is None
+                          else (x[:batch_size], y[:batch_size], sample_weight[:batch_size]))
+    step = (guide_train_step(model, training="dropout" in fixes) if guide_step else
+            jax_train_step(model, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes))
+    validate = _validation_step(model)
+    num_samples = len(x)
+    if "shuffle" in fixes:
+        orders = (EpochOrders(num_samples, seed) if batch_orders is None
+                  else check_orders(batch_orders, num_samples))
+    elif batch_orders is not None:
+        raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
+                         "samples in file order")
+    else:
+        orders = _FileOrder(num_samples)
+    samples_per_epoch = (num_samples if "partial_batch" in fixes
+                         else num_samples // batch_size * batch_size)
+    arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
+
+    timer = EpochTimer()
+    callback_list = keras.callbacks.CallbackList(
+        [*(callbacks or ()), timer], add_history=True, add_progbar=verbose != 0,
+        verbose=verbose, epochs=epochs, steps=math.ceil(samples_per_epoch / batch_size),
+        model=model)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    epoch_logs = None
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        state = JaxState.of(model)
+        order = orders[epoch][:samples_per_epoch]
+        for batch, start in enumerate(range(0, samples_per_epoch, batch_size)):
+            callback_list.on_train_batch_begin(batch)
+            indices = order[start:start + batch_size]
+            logs, state = step(state, *(a[indices] for a in arrays))
+            callback_list.on_train_batch_end(batch, logs)
+            if model.stop_training:
+                break
+        state.assign_to(model)
+        epoch_logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+        if val_data is not None:
+            callback_list.on_test_begin()
+            model.reset_metrics()
+            val_state = JaxState.of(model)
+            val_arrays = tuple(np.asarray(a) for a in val_data if a is not None)
+            for start in range(0, len(val_arrays[0]), batch_size):
+                val_state = validate(val_state, *(a[start:start + batch_size]
+                                                  for a in val_arrays))
+            val_state.assign_to(model)
+            val_logs = {name: float(value)
+                        for name, value in model.get_metrics_result().items()}
+            callback_list.on_test_end(val_logs)
+            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    if epochs > initial_epoch:
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    callback_list.on_train_end(logs=epoch_logs)
+    return {**model.history.history, "seconds": timer.seconds}
+
+
+def _variant(label: str, **options):
+    def train(model, train_data, val_data, **kwargs):
+        return train_jax_loop(model, train_data, val_data, **options, **kwargs)
+
+    train.__name__ = train.__qualname__ = f"train_{label}"
+    train.__doc__ = f"`train_jax_loop` with {options or 'all fixes'}."
+    return train
+
+
+train_jax_matched = _variant("jax_matched")
+train_jax_naive = _variant("jax_naive", fixes=())
+train_guide_loop = _variant("guide_loop", guide_step=True,
+                            fixes=("mean_loss", "shuffle", "partial_batch"))
