@@ -140,8 +140,6 @@ def validate_parameters(
       project's. Anything else, e.g. ``/etc``, is refused before anything is trained or written.
     Other keyword arguments (paths, flags) are passed through unchanged.
     """
-    from helpers.training import METHODS  # here: importing this module loads no framework
-
     if dataset not in DATASETS:
         refuse("dataset", dataset, f"it must be one of {sorted(DATASETS)}")
     if folds is not None:
@@ -149,6 +147,9 @@ def validate_parameters(
     check_integer("epochs", epochs, 1)
     check_integer("seed", seed, 0)
     if methods is not None:
+        # here, and only for `methods`: this module and the JAX notebook load no TensorFlow
+        from helpers.training import METHODS
+
         if isinstance(methods, str):
             refuse("methods", methods, "it must be a list of names, e.g. ['fit', 'naive']")
         methods = list(methods)
