@@ -4,6 +4,7 @@ step of keras.io's guide "Writing a training loop from scratch in JAX". Loads no
 
 - `jax_train_step`: fit's JAX step (`matched`), or the article's, or anything in between;
 - `guide_train_step`: the guide's step as written, ``training`` unset unless asked for;
+- `cache_compilations`: JAX's compilation cache, so that each fold does not compile again;
 - `train_jax_loop`: the epoch loop around either, with the epoch orders fit is given
   (`helpers.training.fit.EpochOrders`), Keras' own ``CallbackList`` and ``History`` (as fit adds
   them), and fit's validation after every epoch; `train_jax_matched`, `train_jax_naive` and
@@ -68,6 +69,17 @@ class JaxState(NamedTuple):
 def _variable_groups(model):
     return (model.trainable_variables, model.non_trainable_variables,
             model.optimizer.variables, model.metrics_variables)
+
+
+def cache_compilations(folder) -> None:
+    """Keep every XLA program JAX compiles in `folder` (JAX's persistent compilation cache,
+    for programs of any size and compile time), so that the next model with the same shapes
+    -- the next fold, the next method with the same step -- loads its step instead of compiling
+    it again: compiling this CNN's step takes far longer than training a few epochs on a
+    small subset. The programs, and so the arithmetic, are the same."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def check_jax_backend() -> None:
