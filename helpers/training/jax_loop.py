@@ -162,7 +162,18 @@ def jax_train_step(model: keras.Model, *, dropout: bool = True, mean_loss: bool 
                                                sample_weight)
         return logs, JaxState(trainable, non_trainable, optimizer_values, metrics_values)
 
-    return jax.jit(step, donate_argnums=0)  # as fit jits its step (make_train_function)
+    return _jit_like_fit(model, step)
+
+
+def _jit_like_fit(model, step):
+    """`step` jitted as ``JAXTrainer.make_train_function`` jits fit's: its state argument
+    donated, and under a ``keras.distribution`` the new state laid out as the model's
+    variables are (``out_shardings``), so that it stays where the next step expects it."""
+    out_shardings = None
+    if keras.distribution.distribution() is not None:
+        out_shardings = (None, JaxState(*([v.value.sharding for v in variables]
+                                          for variables in _variable_groups(model))))
+    return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
 
 def guide_train_step(model: keras.Model, *, training: bool = False):
@@ -200,7 +211,7 @@ def guide_train_step(model: keras.Model, *, training: bool = False):
         logs, metrics_values = _update_metrics(model, state.metrics, loss, x, y, y_pred, None)
         return logs, JaxState(trainable, non_trainable, optimizer_values, metrics_values)
 
-    return jax.jit(step, donate_argnums=0)
+    return _jit_like_fit(model, step)
 
 
 def _validation_step(model: keras.Model):
@@ -276,6 +287,16 @@ def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed,
     samples_per_epoch = (num_samples if "partial_batch" in fixes
                          else num_samples // batch_size * batch_size)
     arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
+    distribution = keras.distribution.distribution()
+
+    def place(batch):
+        """Each batch split between the devices as fit splits it under a distribution
+        (keras/src/backend/jax/trainer.py: ``_distribute_data``, the distribution's data
+        layout: the batch dimension across devices); as it is on one device."""
+        if distribution is None:
+            return batch
+        return tuple(keras.distribution.distribute_tensor(a, distribution.get_data_layout(a.shape))
+                     for a in batch)
 
     timer = EpochTimer()
     callback_list = keras.callbacks.CallbackList(
@@ -293,7 +314,7 @@ def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed,
         for batch, start in enumerate(range(0, samples_per_epoch, batch_size)):
             callback_list.on_train_batch_begin(batch)
             indices = order[start:start + batch_size]
-            logs, state = step(state, *(a[indices] for a in arrays))
+            logs, state = step(state, *place(tuple(a[indices] for a in arrays)))
             callback_list.on_train_batch_end(batch, logs)
             if model.stop_training:
                 break
@@ -305,8 +326,8 @@ def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed,
             val_state = JaxState.of(model)
             val_arrays = tuple(np.asarray(a) for a in val_data if a is not None)
             for start in range(0, len(val_arrays[0]), batch_size):
-                val_state = validate(val_state, *(a[start:start + batch_size]
-                                                  for a in val_arrays))
+                val_state = validate(val_state, *place(tuple(a[start:start + batch_size]
+                                                             for a in val_arrays)))
             val_state.assign_to(model)
             val_logs = {name: float(value)
                         for name, value in model.get_metrics_result().items()}
