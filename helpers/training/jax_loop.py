@@ -5,10 +5,11 @@ step of keras.io's guide "Writing a training loop from scratch in JAX". Loads no
 - `jax_train_step`: fit's JAX step (`matched`), or the article's, or anything in between;
 - `guide_train_step`: the guide's step as written, ``training`` unset unless asked for;
 - `cache_compilations`: JAX's compilation cache, so that each fold does not compile again;
-- `train_jax_loop`: the epoch loop around either, with the epoch orders fit is given
+- `JaxLoop`: the epoch loop around either, built once, with the epoch orders fit is given
   (`helpers.training.fit.EpochOrders`), Keras' own ``CallbackList`` and ``History`` (as fit adds
-  them), and fit's validation after every epoch; `train_jax_matched`, `train_jax_naive` and
-  `train_guide_loop` are its named variants, with `helpers.training`'s signature.
+  them), and fit's validation after every epoch; `train_jax_loop` builds and runs one, with
+  `helpers.training`'s signature, and `train_jax_matched`, `train_jax_naive` and
+  `train_guide_loop` are its named variants.
 
 Where fit's JAX step lives (Keras 3.15.1): keras/src/backend/jax/trainer.py:
 ``JAXTrainer.train_step`` (``jax.value_and_grad`` of ``compute_loss_and_updates``, which calls
@@ -241,105 +242,140 @@ class _FileOrder:
         return self.order
 
 
-def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed,
-                   fixes=DIFFERENCE_KEYS, guide_step: bool = False, verbose=0,
-                   batch_orders=None, callbacks=None, initial_epoch=0, sample_weight=None,
-                   class_weight=None, validation_split=0.0):
-    """A hand-written JAX loop with the `DIFFERENCES` named in `fixes` done as fit does them
-    (`jax_train_step`; ``"shuffle"``: a new permutation every epoch, from `seed` or exactly
-    `batch_orders`, else file order; ``"partial_batch"``: the last partial batch kept, else
-    dropped), or with `guide_step` the keras.io guide's step (`guide_train_step`, its
-    ``training`` on only with the ``"dropout"`` fix; it has no other step-level switch).
+class JaxLoop:
+    """A hand-written JAX loop, built -- and its steps jitted -- once: the `DIFFERENCES` named
+    in `fixes` done as fit does them (`jax_train_step`; ``"shuffle"``: a new permutation every
+    epoch, from `seed` or exactly `batch_orders`, else file order; ``"partial_batch"``: the last
+    partial batch kept, else dropped), or with `guide_step` the keras.io guide's step
+    (`guide_train_step`, its ``training`` on only with the ``"dropout"`` fix; it has no other
+    step-level switch). `sample_weight`, `class_weight` and `validation_split` are fit's
+    (`helpers.training.fit.arrays_like_fit`); `val_data` None: no validation.
 
-    The epoch loop is ``JAXTrainer.fit``'s: the metrics reset and the state read from the model
-    at each epoch's start, the jitted step on every batch, the state written back to the model
-    at the epoch's end, then validation (`val_data`, in batches of `batch_size`) and
-    ``on_epoch_end``; ``optimizer.finalize_variable_values`` after the last epoch. Callbacks
-    run through Keras' ``CallbackList`` with ``History`` added as fit adds it; per-batch
-    callbacks get the step's logs, but the model's variables are only written back at epoch
-    ends (fit writes them back earlier only for a callback that asks, through its private
-    ``_jax_state``). `sample_weight`, `class_weight` and `validation_split` are fit's
-    (`helpers.training.fit.arrays_like_fit`). Returns fit's History plus ``seconds``."""
-    check_jax_backend()
-    unknown = set(fixes) - set(DIFFERENCE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
-    (x, y, sample_weight), val_data = arrays_like_fit(
-        train_data, val_data, sample_weight=sample_weight, class_weight=class_weight,
-        validation_split=validation_split)
-    if sample_weight is not None and (guide_step or "mean_loss" not in fixes):
-        raise NotImplementedError("sample_weight or class_weight needs fit's loss: the 'mean_loss' "
-                                  "fix, and not the guide's step")
-    compat.build_like_fit(model, (x[:batch_size], y[:batch_size]) if sample_weight is None
-                          else (x[:batch_size], y[:batch_size], sample_weight[:batch_size]))
-    step = (guide_train_step(model, training="dropout" in fixes) if guide_step else
-            jax_train_step(model, dropout="dropout" in fixes, mean_loss="mean_loss" in fixes))
-    validate = _validation_step(model)
-    num_samples = len(x)
-    if "shuffle" in fixes:
-        orders = (EpochOrders(num_samples, seed) if batch_orders is None
-                  else check_orders(batch_orders, num_samples))
-    elif batch_orders is not None:
-        raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
-                         "samples in file order")
-    else:
-        orders = _FileOrder(num_samples)
-    samples_per_epoch = (num_samples if "partial_batch" in fixes
-                         else num_samples // batch_size * batch_size)
-    arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
-    distribution = keras.distribution.distribution()
+    - ``run_epoch(epoch, callbacks=None)``: one epoch as ``JAXTrainer.fit`` runs it: the metrics
+      reset and the state read from the model, the jitted step on every batch (split between
+      the devices as fit splits it under a ``keras.distribution``), the state written back to
+      the model, then validation in batches of `batch_size`; returns the epoch's logs;
+    - ``train(epochs, initial_epoch=0, callbacks=None, verbose=0)``: fit's loop over the epochs
+      with Keras' ``CallbackList`` and ``History`` added as fit adds them, and
+      ``optimizer.finalize_variable_values`` after the last epoch; returns the History plus
+      ``seconds``. Per-batch callbacks get the step's logs, but the model's variables are only
+      written back at epoch ends (fit writes them back earlier only for a callback that asks,
+      through its private ``_jax_state``).
+    """
 
-    def place(batch):
-        """Each batch split between the devices as fit splits it under a distribution
-        (keras/src/backend/jax/trainer.py: ``_distribute_data``, the distribution's data
-        layout: the batch dimension across devices); as it is on one device."""
+    def __init__(self, model, train_data, val_data, *, batch_size, seed, fixes=DIFFERENCE_KEYS,
+                 guide_step: bool = False, batch_orders=None, sample_weight=None,
+                 class_weight=None, validation_split=0.0):
+        check_jax_backend()
+        unknown = set(fixes) - set(DIFFERENCE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
+        (x, y, sample_weight), val_data = arrays_like_fit(
+            train_data, val_data, sample_weight=sample_weight, class_weight=class_weight,
+            validation_split=validation_split)
+        if sample_weight is not None and (guide_step or "mean_loss" not in fixes):
+            raise NotImplementedError("sample_weight or class_weight needs fit's loss: the "
+                                      "'mean_loss' fix, and not the guide's step")
+        self.arrays = tuple(a for a in (x, y, sample_weight) if a is not None)
+        compat.build_like_fit(model, tuple(a[:batch_size] for a in self.arrays))
+        self.model, self.batch_size = model, batch_size
+        self.step = (guide_train_step(model, training="dropout" in fixes) if guide_step else
+                     jax_train_step(model, dropout="dropout" in fixes,
+                                    mean_loss="mean_loss" in fixes))
+        self.validate = _validation_step(model)
+        self.val_arrays = (None if val_data is None else
+                           tuple(np.asarray(a) for a in val_data if a is not None))
+        num_samples = len(x)
+        if "shuffle" in fixes:
+            self.orders = (EpochOrders(num_samples, seed) if batch_orders is None
+                           else check_orders(batch_orders, num_samples))
+        elif batch_orders is not None:
+            raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes "
+                             "the samples in file order")
+        else:
+            self.orders = _FileOrder(num_samples)
+        self.samples_per_epoch = (num_samples if "partial_batch" in fixes
+                                  else num_samples // batch_size * batch_size)
+        self.steps = math.ceil(self.samples_per_epoch / batch_size)
+
+    def _place(self, batch):
+        """`batch` split between the devices as fit splits it under a distribution
+        (keras/src/backend/jax/trainer.py: ``_distribute_data``: the distribution's data
+        layout, the batch dimension across devices); as it is on one device."""
+        distribution = keras.distribution.distribution()
         if distribution is None:
             return batch
         return tuple(keras.distribution.distribute_tensor(a, distribution.get_data_layout(a.shape))
                      for a in batch)
 
-    timer = EpochTimer()
-    callback_list = keras.callbacks.CallbackList(
-        [*(callbacks or ()), timer], add_history=True, add_progbar=verbose != 0,
-        verbose=verbose, epochs=epochs, steps=math.ceil(samples_per_epoch / batch_size),
-        model=model)
-    model.stop_training = False
-    callback_list.on_train_begin()
-    epoch_logs = None
-    for epoch in range(initial_epoch, epochs):
+    def _metric_logs(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.model.get_metrics_result().items()}
+
+    def evaluate(self) -> dict[str, float]:
+        """One validation pass, as fit runs it after an epoch: the ``val_*`` logs."""
+        if self.val_arrays is None:
+            return {}
+        self.model.reset_metrics()
+        state = JaxState.of(self.model)
+        for start in range(0, len(self.val_arrays[0]), self.batch_size):
+            state = self.validate(state, *self._place(
+                tuple(a[start:start + self.batch_size] for a in self.val_arrays)))
+        state.assign_to(self.model)
+        return {f"val_{name}": value for name, value in self._metric_logs().items()}
+
+    def run_epoch(self, epoch: int, callbacks=None) -> dict[str, float]:
+        callbacks = callbacks if callbacks is not None else keras.callbacks.Callback()
+        model = self.model
         model.reset_metrics()
-        callback_list.on_epoch_begin(epoch)
+        callbacks.on_epoch_begin(epoch)
         state = JaxState.of(model)
-        order = orders[epoch][:samples_per_epoch]
-        for batch, start in enumerate(range(0, samples_per_epoch, batch_size)):
-            callback_list.on_train_batch_begin(batch)
-            indices = order[start:start + batch_size]
-            logs, state = step(state, *place(tuple(a[indices] for a in arrays)))
-            callback_list.on_train_batch_end(batch, logs)
+        order = self.orders[epoch][:self.samples_per_epoch]
+        for batch, start in enumerate(range(0, self.samples_per_epoch, self.batch_size)):
+            callbacks.on_train_batch_begin(batch)
+            indices = order[start:start + self.batch_size]
+            logs, state = self.step(state, *self._place(tuple(a[indices] for a in self.arrays)))
+            callbacks.on_train_batch_end(batch, logs)
             if model.stop_training:
                 break
         state.assign_to(model)
-        epoch_logs = {name: float(value) for name, value in model.get_metrics_result().items()}
-        if val_data is not None:
-            callback_list.on_test_begin()
-            model.reset_metrics()
-            val_state = JaxState.of(model)
-            val_arrays = tuple(np.asarray(a) for a in val_data if a is not None)
-            for start in range(0, len(val_arrays[0]), batch_size):
-                val_state = validate(val_state, *place(tuple(a[start:start + batch_size]
-                                                             for a in val_arrays)))
-            val_state.assign_to(model)
-            val_logs = {name: float(value)
-                        for name, value in model.get_metrics_result().items()}
-            callback_list.on_test_end(val_logs)
-            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
-        callback_list.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    if epochs > initial_epoch:
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-    callback_list.on_train_end(logs=epoch_logs)
-    return {**model.history.history, "seconds": timer.seconds}
+        epoch_logs = self._metric_logs()
+        if self.val_arrays is not None:
+            callbacks.on_test_begin()
+            val_logs = self.evaluate()
+            callbacks.on_test_end({key.removeprefix("val_"): value
+                                   for key, value in val_logs.items()})
+            epoch_logs.update(val_logs)
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        return epoch_logs
+
+    def train(self, epochs: int, *, initial_epoch: int = 0, callbacks=None,
+              verbose: int = 0) -> dict[str, list]:
+        timer = EpochTimer()
+        callback_list = keras.callbacks.CallbackList(
+            [*(callbacks or ()), timer], add_history=True, add_progbar=verbose != 0,
+            verbose=verbose, epochs=epochs, steps=self.steps, model=self.model)
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        epoch_logs = None
+        for epoch in range(initial_epoch, epochs):
+            epoch_logs = self.run_epoch(epoch, callback_list)
+            if self.model.stop_training:
+                break
+        if epochs > initial_epoch:
+            self.model.optimizer.finalize_variable_values(self.model.trainable_weights)
+        callback_list.on_train_end(logs=epoch_logs)
+        return {**self.model.history.history, "seconds": timer.seconds}
+
+
+def train_jax_loop(model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
+                   callbacks=None, initial_epoch=0, **options):
+    """`JaxLoop` built and run for `epochs`, with `helpers.training`'s signature: `options`
+    are the trainer's (``fixes``, ``guide_step``, ``batch_orders``, fit's ``sample_weight``,
+    ``class_weight``, ``validation_split``). Returns fit's History plus ``seconds``."""
+    trainer = JaxLoop(model, train_data, val_data, batch_size=batch_size, seed=seed,
+                         **options)
+    return trainer.train(epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                         verbose=verbose)
 
 
 def _variant(label: str, **options):
