@@ -14,6 +14,7 @@ changes one fails there, by name, rather than somewhere in a training run.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -109,6 +110,24 @@ def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training: bool
     is ``model.compute_loss(..., training=training)``."""
     return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                training=training)
+
+
+@contextlib.contextmanager
+def forward_pass_losses(model: keras.Model, losses):
+    """Inside, ``model.losses`` are `losses`: the ones a ``stateless_call(...,
+    return_losses=True)`` returned (e.g. activity regularization), which a stateless
+    ``compute_loss`` would not otherwise see. fit's JAX step hands them over so, through
+    ``_losses_override`` (keras/src/backend/jax/trainer.py:
+    ``JAXTrainer.compute_loss_and_updates``; keras/src/layers/layer.py: ``Layer.losses`` returns
+    it when set). Weight regularization is computed from the variables and needs nothing."""
+    if not losses:
+        yield
+        return
+    model._losses_override = list(losses)
+    try:
+        yield
+    finally:
+        model._losses_override = []
 
 
 def unscale_loss_for_distribution(loss):

@@ -54,6 +54,35 @@ def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
     return np.stack([orders[epoch] for epoch in range(epochs)])
 
 
+class FileOrder:
+    """Every epoch's order without the ``"shuffle"`` fix: the samples as they come."""
+
+    def __init__(self, num_samples: int):
+        self.order = np.arange(num_samples)
+
+    def __getitem__(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
+def loop_orders(fixes, num_samples: int, batch_size: int, seed: int, batch_orders=None):
+    """What a loop with these `fixes` trains each epoch, for the TensorFlow and the JAX loops:
+    ``(orders, samples_per_epoch)``. With the ``"shuffle"`` fix ``orders[e]`` is a new
+    permutation every epoch (`EpochOrders` from `seed`, or exactly `batch_orders`), else file
+    order (`FileOrder`); with ``"partial_batch"`` every sample is trained, else the last
+    ``num_samples % batch_size`` of each epoch's order are not."""
+    if "shuffle" in fixes:
+        orders = (EpochOrders(num_samples, seed) if batch_orders is None
+                  else check_orders(batch_orders, num_samples))
+    elif batch_orders is not None:
+        raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
+                         "samples in file order")
+    else:
+        orders = FileOrder(num_samples)
+    if "partial_batch" in fixes:
+        return orders, num_samples
+    return orders, num_samples // batch_size * batch_size
+
+
 def check_orders(batch_orders, num_samples: int, epochs: int | None = None) -> np.ndarray:
     """`batch_orders` as an array, after checking its shape is (epochs, samples); `epochs` None
     takes any number of epochs."""

@@ -36,13 +36,7 @@ import numpy as np
 
 from helpers import compat
 from helpers.differences import DIFFERENCE_KEYS
-from helpers.training.fit import (
-    EpochOrders,
-    EpochTimer,
-    arrays_like_fit,
-    check_orders,
-    require_compiled,
-)
+from helpers.training.fit import EpochTimer, arrays_like_fit, loop_orders, require_compiled
 
 
 class JaxState(NamedTuple):
@@ -91,7 +85,7 @@ def check_jax_backend() -> None:
             f"{keras.backend.backend()!r}: set KERAS_BACKEND=jax before Keras is imported")
 
 
-def _check_matchable(model: keras.Model, step_fixes) -> None:
+def _check_matchable(model: keras.Model) -> None:
     """Refuse, by name, what this loop would train differently from fit."""
     require_compiled(model)
     refused = [f"a custom {method} ({type(model).__name__}.{method})"
@@ -99,8 +93,6 @@ def _check_matchable(model: keras.Model, step_fixes) -> None:
                if getattr(type(model), method) is not getattr(keras.Model, method)]
     if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
         refused.append("loss scaling (LossScaleOptimizer, e.g. under a mixed_float16 policy)")
-    if keras.distribution.distribution() is not None and "mean_loss" not in step_fixes:
-        refused.append("a keras.distribution without the 'mean_loss' fix")
     if refused:
         raise NotImplementedError("the JAX loop cannot reproduce fit for model "
                                   f"{model.name!r} with: " + "; ".join(refused))
@@ -129,7 +121,7 @@ def jax_train_step(model: keras.Model, *, dropout: bool = True, mean_loss: bool 
     Then ``optimizer.stateless_apply`` and fit's metric update. All switches on is
     ``JAXTrainer.train_step`` written with public API (and `helpers.compat.loss_tracker`)."""
     check_jax_backend()
-    _check_matchable(model, ("dropout",) * dropout + ("mean_loss",) * mean_loss)
+    _check_matchable(model)
     optimizer = model.optimizer
     call_options = {"training": True} if dropout else {}
     per_sample_loss = keras.losses.get(model.loss)
@@ -140,12 +132,10 @@ def jax_train_step(model: keras.Model, *, dropout: bool = True, mean_loss: bool 
         y_pred, non_trainable, losses = model.stateless_call(
             trainable, non_trainable, x, return_losses=True, **call_options)
         if mean_loss:
-            if losses:  # fit hands the forward pass's losses to compute_loss this way
-                model._losses_override = losses
-            loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
-                trainable, non_trainable, metrics_values, x=x, y=y, y_pred=y_pred,
-                sample_weight=sample_weight, training=True)
-            model._losses_override = []
+            with compat.forward_pass_losses(model, losses):
+                loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
+                    trainable, non_trainable, metrics_values, x=x, y=y, y_pred=y_pred,
+                    sample_weight=sample_weight, training=True)
             reported = loss
         else:
             per_sample = per_sample_loss(y, y_pred)
@@ -188,7 +178,7 @@ def guide_train_step(model: keras.Model, *, training: bool = False):
     compiled metrics are updated as fit updates them, so that History has fit's columns.
     `training` True adds ``training=True`` to ``stateless_call``, and nothing else."""
     check_jax_backend()
-    _check_matchable(model, ("mean_loss",))
+    _check_matchable(model)
     # the guide's Loss object (mean over the batch), e.g. CategoricalCrossentropy() for
     # compile(loss="categorical_crossentropy")
     loss_fn = keras.losses.get("".join(part.title() for part in model.loss.split("_"))
@@ -230,16 +220,6 @@ def _validation_step(model: keras.Model):
         return state._replace(non_trainable=non_trainable, metrics=metrics_values)
 
     return jax.jit(step)
-
-
-class _FileOrder:
-    """Every epoch's order without the ``"shuffle"`` fix: the samples as they come."""
-
-    def __init__(self, num_samples: int):
-        self.order = np.arange(num_samples)
-
-    def __getitem__(self, epoch: int) -> np.ndarray:
-        return self.order
 
 
 class JaxLoop:
@@ -285,17 +265,8 @@ class JaxLoop:
         self.validate = _validation_step(model)
         self.val_arrays = (None if val_data is None else
                            tuple(np.asarray(a) for a in val_data if a is not None))
-        num_samples = len(x)
-        if "shuffle" in fixes:
-            self.orders = (EpochOrders(num_samples, seed) if batch_orders is None
-                           else check_orders(batch_orders, num_samples))
-        elif batch_orders is not None:
-            raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes "
-                             "the samples in file order")
-        else:
-            self.orders = _FileOrder(num_samples)
-        self.samples_per_epoch = (num_samples if "partial_batch" in fixes
-                                  else num_samples // batch_size * batch_size)
+        self.orders, self.samples_per_epoch = loop_orders(fixes, len(x), batch_size, seed,
+                                                          batch_orders)
         self.steps = math.ceil(self.samples_per_epoch / batch_size)
 
     def _place(self, batch):
