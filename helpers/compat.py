@@ -149,8 +149,8 @@ def set_random_seed(seed: int) -> None:
     importing TensorFlow: keras/src/utils/rng_utils.py: ``set_random_seed`` also seeds
     TensorFlow whenever it is installed (``if tf.available``, which imports it), for tf.data
     pipelines that the JAX loops here do not use. The rest is done as it does: Keras' global
-    seed (``GLOBAL_RANDOM_SEED``, which ``keras.utils.get_random_seed`` returns and the global
-    ``SeedGenerator`` is recreated from), Python's and NumPy's."""
+    seed (``GLOBAL_RANDOM_SEED``, which the global ``SeedGenerator`` is recreated from: the
+    seeds of unseeded initializers and ``keras.random`` draws), Python's and NumPy's."""
     if keras.backend.backend() == "tensorflow":
         keras.utils.set_random_seed(seed)
         return

@@ -98,6 +98,31 @@ def test_guide_loop_differs_from_fit_by_training_true_only(data, orders, fit_run
     assert max_difference(all_variables(model), all_variables(fit_model)) == 0.0
 
 
+def test_losses_of_the_forward_pass_reach_the_loss_as_in_fit(data, orders):
+    """An activity regularizer's loss exists only during the forward pass: ``stateless_call``
+    returns it, and the step hands it to ``stateless_compute_loss`` as fit's JAX step does
+    (`helpers.compat.forward_pass_losses`), in training and in validation (both count it). A
+    small dense model, one epoch: bit for bit."""
+    def regularized(seed=0):
+        compat.set_random_seed(seed)
+        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(10, activation="softmax"),
+                                  keras.layers.ActivityRegularization(l1=0.05)])
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    runs = []
+    for method in (train_fit, train_jax_loop):
+        model = regularized()
+        history = method(model, *data, epochs=1, batch_size=BATCH, seed=0,
+                         batch_orders=orders[:1])
+        history.pop("seconds")
+        runs.append((history, model))
+    (fit_history, fit_model), (history, model) = runs
+    assert history == fit_history
+    assert max_difference(all_variables(model), all_variables(fit_model)) == 0.0
+
+
 def test_data_parallel_on_two_devices(data, orders, fit_run):
     """``keras.distribution.DataParallel`` on two CPU devices: fit and the matched loop split
     every batch (the partial one too: 29 + 29) between the devices, and are equal to each other

@@ -210,11 +210,12 @@ def _validation_step(model: keras.Model):
     the compiled loss + ``model.losses``, fit's metric update."""
 
     def step(state: JaxState, x, y, sample_weight=None):
-        y_pred, non_trainable = model.stateless_call(state.trainable, state.non_trainable, x,
-                                                     training=False)
-        loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
-            state.trainable, non_trainable, state.metrics, x=x, y=y, y_pred=y_pred,
-            sample_weight=sample_weight, training=False)
+        y_pred, non_trainable, losses = model.stateless_call(
+            state.trainable, state.non_trainable, x, training=False, return_losses=True)
+        with compat.forward_pass_losses(model, losses):
+            loss, (_, non_trainable, metrics_values) = model.stateless_compute_loss(
+                state.trainable, non_trainable, state.metrics, x=x, y=y, y_pred=y_pred,
+                sample_weight=sample_weight, training=False)
         _, metrics_values = _update_metrics(model, metrics_values, loss, x, y, y_pred,
                                             sample_weight)
         return state._replace(non_trainable=non_trainable, metrics=metrics_values)
