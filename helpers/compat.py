@@ -14,6 +14,7 @@ changes one fails there, by name, rather than somewhere in a training run.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,6 +112,24 @@ def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training: bool
                                training=training)
 
 
+@contextlib.contextmanager
+def forward_pass_losses(model: keras.Model, losses):
+    """Inside, ``model.losses`` are `losses`: the ones a ``stateless_call(...,
+    return_losses=True)`` returned (e.g. activity regularization), which a stateless
+    ``compute_loss`` would not otherwise see. fit's JAX step hands them over so, through
+    ``_losses_override`` (keras/src/backend/jax/trainer.py:
+    ``JAXTrainer.compute_loss_and_updates``; keras/src/layers/layer.py: ``Layer.losses`` returns
+    it when set). Weight regularization is computed from the variables and needs nothing."""
+    if not losses:
+        yield
+        return
+    model._losses_override = list(losses)
+    try:
+        yield
+    finally:
+        model._losses_override = []
+
+
 def unscale_loss_for_distribution(loss):
     """The loss times the number of replicas in sync, which fit's steps give the loss tracker
     (keras/src/losses/loss.py: ``unscale_loss_for_distribution``, called by
@@ -123,6 +142,29 @@ def unscale_loss_for_distribution(loss):
     from keras.src.losses.loss import unscale_loss_for_distribution as unscale
 
     return unscale(loss)
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``, but under a backend other than TensorFlow without
+    importing TensorFlow: keras/src/utils/rng_utils.py: ``set_random_seed`` also seeds
+    TensorFlow whenever it is installed (``if tf.available``, which imports it), for tf.data
+    pipelines that the JAX loops here do not use. The rest is done as it does: Keras' global
+    seed (``GLOBAL_RANDOM_SEED``, which the global ``SeedGenerator`` is recreated from: the
+    seeds of unseeded initializers and ``keras.random`` draws), Python's and NumPy's."""
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 # ----------------------------------------------------------------------------------------------

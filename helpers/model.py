@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from helpers import compat
+
 ARTICLE_DROPOUT = 0.5  # the article's Dropout rate
 
 
@@ -16,9 +18,10 @@ def create_cnn(seed: int = 0, compile: bool = True, *, dropout: float = ARTICLE_
     `keras.utils.set_random_seed(seed)` comes first, so the same seed gives the same initial
     weights *and* the same dropout seed state (a SeedGenerator variable that is in
     `model.variables` but not in `get_weights()`). It also seeds Python, NumPy and TensorFlow
-    globally, as Keras recommends for reproducible runs.
+    globally, as Keras recommends for reproducible runs (under the JAX backend all but
+    TensorFlow, which is then not imported: `helpers.compat.set_random_seed`).
     """
-    keras.utils.set_random_seed(seed)
+    compat.set_random_seed(seed)
     penalty = {"kernel_regularizer": keras.regularizers.L2(l2)} if l2 else {}
     model = keras.Sequential(
         [

@@ -113,3 +113,37 @@ def test_imports_without_a_framework(module):
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]", f"importing {module} loaded {loaded}"
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The modules `path` imports when it is imported: its top-level import statements (those
+    in functions run later, if at all); ``from a import b`` counts as a.b when that is a helpers
+    module, else as a."""
+    imported = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}"
+                            in MODULES else node.module for alias in node.names)
+    return imported
+
+
+@pytest.mark.parametrize("module", ["helpers.training.jax_loop", "helpers.experiments.cv",
+                                    "helpers.experiments.plots", "helpers.model"])
+def test_the_jax_notebooks_helpers_import_no_tensorflow(module):
+    """What the JAX notebook imports loads no TensorFlow, through any chain of top-level imports
+    (importing a.b.c runs a/__init__ and a/b/__init__ first). tests/test_jax.py checks
+    sys.modules after training under the JAX backend."""
+    loaded, pending = set(), [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for prefix in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+            if prefix in MODULES and prefix not in loaded:
+                loaded.add(prefix)
+                pending.extend(module_level_imports(MODULES[prefix]))
+            elif prefix not in MODULES:
+                loaded.add(prefix)
+    assert "helpers.training.fit" in loaded or module != "helpers.training.jax_loop"
+    assert not sorted(name for name in loaded if name.split(".")[0] == "tensorflow")

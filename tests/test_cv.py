@@ -15,6 +15,7 @@ import pytest
 
 from helpers.experiments import cv, store
 from helpers.experiments.cv import COLUMNS, cross_validate, fold_indices
+from helpers.training import METHODS
 
 N, FOLDS, EPOCHS, BATCH, SEED = 103, 4, 3, 8, 7
 
@@ -340,7 +341,7 @@ def test_cross_validate_mnist_end_to_end(tmp_path, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished fold was trained again")
 
-    monkeypatch.setitem(cv.METHODS, "matched", must_not_train)
+    monkeypatch.setitem(METHODS, "matched", must_not_train)
     again = cv.cross_validate_mnist(["matched"], folds=2, epochs=1, batch_size=32, subset=200,
                                     seed=0, results_dir=tmp_path, verbose=0)
     pd.testing.assert_frame_equal(again, table, check_exact=True)

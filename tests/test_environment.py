@@ -39,9 +39,9 @@ def declared() -> list[Requirement]:
 @pytest.mark.pinned
 def test_pins_come_from_the_installed_package_and_are_installed():
     """The pins are pyproject.toml's `pinned` extra, which requirements.txt installs: the
-    installed TensorFlow and Keras are those versions (a stale .venv fails here)."""
+    installed TensorFlow, Keras and JAX are those versions (a stale .venv fails here)."""
     pinned = environment.pinned_versions()
-    assert set(pinned) == {"tensorflow", "keras"}
+    assert set(pinned) == {"tensorflow", "keras", "jax"}
     assert "-e .[pinned]" in (ROOT / "requirements.txt").read_text(encoding="utf-8")
     assert {name: environment.installed_version(name) for name in pinned} == pinned
 

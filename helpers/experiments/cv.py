@@ -26,7 +26,7 @@ import pandas as pd
 from helpers.data import class_ids, load_mnist
 from helpers.experiments import store
 from helpers.model import create_cnn
-from helpers.training import HISTORY_KEYS, METHODS
+from helpers.training import HISTORY_KEYS
 
 COLUMNS = ["method", "fold", "epoch", *HISTORY_KEYS, "seconds"]
 
@@ -87,6 +87,8 @@ def cross_validate(
     as soon as the folder is accepted -- before any training.
     """
     if not isinstance(methods, Mapping):
+        from helpers.training import METHODS  # here: a mapping of JAX loops loads no TensorFlow
+
         unknown = [name for name in methods if name not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")

@@ -2,7 +2,8 @@
 
 - `train_fit`: ``model.fit`` as the article calls it, or on exactly given batch orders.
 - `epoch_orders` / `EpochOrders`: the reproducible per-epoch shuffles fit and the loops share.
-- `ordered_dataset`: those orders as the dataset fit is given.
+- `ordered_dataset` / `ordered_batches`: those orders as the data fit is given (a ``tf.data``
+  dataset under the TensorFlow backend, a generator of NumPy batches under JAX).
 - `arrays_like_fit`: ``validation_split``, ``class_weight`` and ``sample_weight`` as fit applies
   them, by Keras' own code (through `helpers.compat`).
 """
@@ -14,9 +15,11 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from helpers import compat
+
+# fit's History keys for the article's compile call (one loss, accuracy), in this order
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def require_compiled(model: keras.Model) -> None:
@@ -51,6 +54,35 @@ def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
     return np.stack([orders[epoch] for epoch in range(epochs)])
 
 
+class FileOrder:
+    """Every epoch's order without the ``"shuffle"`` fix: the samples as they come."""
+
+    def __init__(self, num_samples: int):
+        self.order = np.arange(num_samples)
+
+    def __getitem__(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
+def loop_orders(fixes, num_samples: int, batch_size: int, seed: int, batch_orders=None):
+    """What a loop with these `fixes` trains each epoch, for the TensorFlow and the JAX loops:
+    ``(orders, samples_per_epoch)``. With the ``"shuffle"`` fix ``orders[e]`` is a new
+    permutation every epoch (`EpochOrders` from `seed`, or exactly `batch_orders`), else file
+    order (`FileOrder`); with ``"partial_batch"`` every sample is trained, else the last
+    ``num_samples % batch_size`` of each epoch's order are not."""
+    if "shuffle" in fixes:
+        orders = (EpochOrders(num_samples, seed) if batch_orders is None
+                  else check_orders(batch_orders, num_samples))
+    elif batch_orders is not None:
+        raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
+                         "samples in file order")
+    else:
+        orders = FileOrder(num_samples)
+    if "partial_batch" in fixes:
+        return orders, num_samples
+    return orders, num_samples // batch_size * batch_size
+
+
 def check_orders(batch_orders, num_samples: int, epochs: int | None = None) -> np.ndarray:
     """`batch_orders` as an array, after checking its shape is (epochs, samples); `epochs` None
     takes any number of epochs."""
@@ -77,13 +109,15 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds = []
 
 
-def ordered_dataset(x, y, batch_size: int, batch_orders, sample_weight=None) -> tf.data.Dataset:
+def ordered_dataset(x, y, batch_size: int, batch_orders, sample_weight=None):
     """All epochs' batches in the given order, one epoch after another, each epoch ending with its
     partial batch (with each sample's weight as a third element when `sample_weight` is given).
     Fed to fit with ``steps_per_epoch``, fit keeps one iterator across epochs
     (keras/src/trainers/epoch_iterator.py: ``EpochIterator._enumerate_iterator`` makes a new one
     only when none is left or ``steps_per_epoch`` is unset), so epoch e sees exactly
     ``batch_orders[e]``."""
+    import tensorflow as tf  # here: under the JAX backend this module loads no TensorFlow
+
     arrays = tuple(tf.convert_to_tensor(a) for a in (x, y, sample_weight) if a is not None)
     per_epoch = [
         tf.data.Dataset.from_tensor_slices(order).batch(batch_size) for order in batch_orders
@@ -92,6 +126,18 @@ def ordered_dataset(x, y, batch_size: int, batch_orders, sample_weight=None) -> 
     for epoch_indices in per_epoch[1:]:
         indices = indices.concatenate(epoch_indices)
     return indices.map(lambda idx: tuple(tf.gather(a, idx) for a in arrays))
+
+
+def ordered_batches(x, y, batch_size: int, batch_orders, sample_weight=None):
+    """`ordered_dataset` without TensorFlow: a generator of the same NumPy batches, for fit under
+    the JAX backend. Fed to fit with ``steps_per_epoch``, it is read once across all epochs
+    (keras/src/trainers/data_adapters/generator_data_adapter.py: ``GeneratorDataAdapter`` chains
+    the batches it peeked at for their shapes back in front, ``peek_and_restore``)."""
+    arrays = tuple(np.asarray(a) for a in (x, y, sample_weight) if a is not None)
+    for order in batch_orders:
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            yield tuple(a[indices] for a in arrays)
 
 
 def _single_array(name, value) -> None:
@@ -162,9 +208,10 @@ def train_fit(model, train_data, val_data, *, epochs, batch_size, seed, verbose=
             train_data, val_data, sample_weight=sample_weight, class_weight=class_weight,
             validation_split=validation_split)
         batch_orders = check_orders(batch_orders, len(x), epochs)
+        ordered = ordered_batches if keras.backend.backend() == "jax" else ordered_dataset
         inputs = dict(
             # fit starts at `initial_epoch` but reads the dataset from its start
-            x=ordered_dataset(x, y, batch_size, batch_orders[initial_epoch:], weights),
+            x=ordered(x, y, batch_size, batch_orders[initial_epoch:], weights),
             steps_per_epoch=math.ceil(len(x) / batch_size),
             shuffle=False,  # the order is in the dataset
         )

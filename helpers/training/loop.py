@@ -60,10 +60,10 @@ import tensorflow as tf
 
 from helpers.differences import DIFFERENCE_KEYS
 from helpers.training.fit import (
-    EpochOrders,
     EpochTimer,
     arrays_like_fit,
     check_orders,
+    loop_orders,
     train_fit,
 )
 from helpers.training.step import (
@@ -75,8 +75,6 @@ from helpers.training.step import (
     metric_logs,
     tape_train_step,
 )
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class Trainer:
@@ -223,19 +221,7 @@ def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DI
         train_data, val_data, sample_weight=sample_weight, class_weight=class_weight,
         validation_split=validation_split)
     check_reproducible(model, fixes, weighted=sample_weight is not None)
-    num_samples = len(x)
-    if "shuffle" in fixes:
-        orders = (EpochOrders(num_samples, seed) if batch_orders is None
-                  else check_orders(batch_orders, num_samples))
-    elif batch_orders is not None:
-        raise ValueError("batch_orders needs the 'shuffle' fix: without it every epoch takes the "
-                         "samples in file order")
-    else:
-        orders = _FileOrder(num_samples)
-    if "partial_batch" in fixes:
-        samples_per_epoch = num_samples
-    else:
-        samples_per_epoch = num_samples // batch_size * batch_size
+    orders, samples_per_epoch = loop_orders(fixes, len(x), batch_size, seed, batch_orders)
     if make_step is not None and sample_weight is not None:
         raise NotImplementedError("make_step does not take sample weights (sample_weight, "
                                   "class_weight)")
@@ -249,16 +235,6 @@ def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DI
         steps_per_call=steps_per_execution, compiled=compiled, jit_compile=jit_compile,
         evaluate=None if val_data is None  # no validation: no val_* logs, as in fit
         else Evaluator(model, val_data, batch_size, compiled))
-
-
-class _FileOrder:
-    """Every epoch's order without the ``"shuffle"`` fix: the samples as they come."""
-
-    def __init__(self, num_samples: int):
-        self.order = np.arange(num_samples)
-
-    def __getitem__(self, epoch: int) -> np.ndarray:
-        return self.order
 
 
 def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fixes,

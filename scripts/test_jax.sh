@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The JAX backend's tests (tests/test_jax.py), in their own pytest process: Keras picks its
+# backend once, when first imported, so these cannot share a process with the TensorFlow tests.
+# Two host CPU devices for keras.distribution.DataParallel (XLA reads the flag when JAX starts).
+#
+# Usage: bash scripts/test_jax.sh [extra pytest arguments]
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+    export VIRTUAL_ENV="$PWD/.venv"
+    export PATH="$VIRTUAL_ENV/bin:$PATH"
+fi
+export KERAS_BACKEND=jax
+export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=2"
+echo "==> pytest tests/test_jax.py (KERAS_BACKEND=jax, two host CPU devices)"
+python -m pytest --durations=10 tests/test_jax.py "$@"
