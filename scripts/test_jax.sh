@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The JAX backend's tests (tests/test_jax.py), in their own pytest process: Keras picks its
-# backend once, when first imported, so these cannot share a process with the TensorFlow tests.
+# The JAX backend's tests (tests/test_jax.py) and appendix A5 under nbval (smoke settings), in
+# their own pytest process: Keras picks its backend once, when first imported, so these cannot
+# share a process with the TensorFlow tests. The pinned versions only: .venv-oldest has no JAX.
 # Two host CPU devices for keras.distribution.DataParallel (XLA reads the flag when JAX starts).
 #
 # Usage: bash scripts/test_jax.sh [extra pytest arguments]
@@ -13,5 +14,7 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
 fi
 export KERAS_BACKEND=jax
 export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=2"
-echo "==> pytest tests/test_jax.py (KERAS_BACKEND=jax, two host CPU devices)"
-python -m pytest --durations=10 tests/test_jax.py "$@"
+echo "==> pytest tests/test_jax.py notebooks/A5_jax_backend.ipynb (KERAS_BACKEND=jax, two host" \
+     "CPU devices, TAPE_VS_FIT_SMOKE=1)"
+TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=10 --nbval-lax --nbval-current-env \
+    tests/test_jax.py notebooks/A5_jax_backend.ipynb "$@"
