@@ -1,8 +1,8 @@
 """How to train a compiled Keras classifier: fit and what fit makes of its data (`fit`), fit's
 step with the article's differences switchable (`step`), the article's tape loop, the matched
 loop and every loop in between, all run by one `Trainer` (`loop`), fit with its step replaced
-(`custom_step`), resumable training (`checkpoints`) and training under ``tf.distribute``
-(`distributed`).
+(`custom_step`), resumable training (`checkpoints`), training under ``tf.distribute``
+(`distributed`) and one model trained fold after fold with bounded memory (`reuse`).
 
 The names below are the ones the notebooks and experiments use.
 """
@@ -26,11 +26,12 @@ from helpers.training.loop import (
     train_naive,
     train_tape_loop,
 )
+from helpers.training.reuse import FoldTrainer, start_from
 from helpers.training.step import TrainStep, matched_train_step, tape_train_step
 
 __all__ = [
-    "ABLATION_METHODS", "DIFFERENCES", "DIFFERENCE_KEYS", "EpochOrders", "HISTORY_KEYS",
-    "METHODS", "TrainStep", "Trainer", "ablation_variants", "arrays_like_fit", "epoch_orders",
-    "matched_train_step", "ordered_dataset", "tape_loop_trainer", "tape_train_step",
-    "train_fit", "train_matched", "train_naive", "train_tape_loop",
+    "ABLATION_METHODS", "DIFFERENCES", "DIFFERENCE_KEYS", "EpochOrders", "FoldTrainer",
+    "HISTORY_KEYS", "METHODS", "TrainStep", "Trainer", "ablation_variants", "arrays_like_fit",
+    "epoch_orders", "matched_train_step", "ordered_dataset", "start_from", "tape_loop_trainer",
+    "tape_train_step", "train_fit", "train_matched", "train_naive", "train_tape_loop",
 ]
