@@ -66,7 +66,8 @@ class FoldTrainer:
     ``TensorFlowTrainer.make_train_function``); a tape loop reuses its `Trainer`'s traced
     functions (`tape_loop_trainer`'s ``reuse``), which take the fold's data as arguments.
     The data must keep its shapes (but the number of samples) and dtypes from fold to fold, and
-    `batch_size` its value; a change is refused, not traced again.
+    `batch_size` its value; a change is refused, not traced again. `callbacks`: Keras callbacks,
+    as for fit.
     """
 
     def __init__(self, method: str, *, steps_per_execution: int = 1):
@@ -80,19 +81,21 @@ class FoldTrainer:
         self.model: keras.Model | None = None
         self.trainer = None  # a tape loop's Trainer, its traced functions reused
 
-    def __call__(self, model, train_data, val_data, *, epochs, batch_size, seed, verbose=0):
+    def __call__(self, model, train_data, val_data, *, epochs, batch_size, seed, verbose=0,
+                 callbacks=None):
         if self.model is None:
             self.model = model
         else:
             start_from(self.model, model)
         if self.method == "fit":
             return train_fit(self.model, train_data, val_data, epochs=epochs,
-                             batch_size=batch_size, seed=seed, verbose=verbose)
+                             batch_size=batch_size, seed=seed, verbose=verbose,
+                             callbacks=callbacks)
         fixes = TAPE_LOOP_FIXES[self.method]
         self.trainer = tape_loop_trainer(
             self.model, train_data, val_data, batch_size=batch_size, seed=seed, fixes=fixes,
             steps_per_execution=self.steps_per_execution, reuse=self.trainer)
-        history = self.trainer.train(epochs, verbose=verbose)
+        history = self.trainer.train(epochs, callbacks=callbacks, verbose=verbose)
         if "mean_loss" in fixes:  # after the last epoch, as train_tape_loop and fit do
             self.model.optimizer.finalize_variable_values(self.model.trainable_weights)
         return history
