@@ -14,6 +14,8 @@ model (tests/test_reuse.py).
 
 from __future__ import annotations
 
+import gc
+
 import keras
 
 from helpers.differences import DIFFERENCE_KEYS
@@ -87,6 +89,9 @@ class FoldTrainer:
             self.model = model
         else:
             start_from(self.model, model)
+        # The earlier folds' fresh models and fit's datasets are reference cycles holding
+        # graphs in native memory, which Python's object-count thresholds would free late.
+        gc.collect()
         if self.method == "fit":
             return train_fit(self.model, train_data, val_data, epochs=epochs,
                              batch_size=batch_size, seed=seed, verbose=verbose,
