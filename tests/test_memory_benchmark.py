@@ -94,3 +94,11 @@ def test_quick_run_writes_its_csvs(tmp_path):
     assert "tensorflow:" in environment and "load average at the end of each" in environment
     assert ("MEASURED UNDER LOAD" in environment) == (float(summary["load_1min"]) > 1.5)
     assert (out / bench.MARKER).exists()
+
+
+def test_all_methods_are_the_projects():
+    """cv_all's names, spelled out in the script (its parent process imports no helpers), are
+    the project's 11 methods: fit, naive, matched and the ablation's variants."""
+    from helpers.experiments.ablation import VARIANTS
+
+    assert bench.ALL_METHODS == ("fit", "naive", "matched", *VARIANTS)
