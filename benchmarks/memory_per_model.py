@@ -603,7 +603,8 @@ def environment_text(args, argv, elapsed, loads) -> str:
         "1-minute load average at the end of each configuration: "
         + ", ".join(f"{value:.2f}" for value in loads),
         timing,
-        f"models per configuration: {args.models}; warm-up left out: {args.warmup}; images: "
+        f"models per configuration: {args.models}; warm-up left out: {args.warmup} (cv "
+        "configurations: at least their first fold, summary.csv's warmup); images: "
         f"{args.images}; epochs: {args.epochs}; batch size: {args.batch_size}",
         f"total wall time: {elapsed:.0f} s",
     ]) + "\n"

@@ -102,3 +102,24 @@ def test_all_methods_are_the_projects():
     from helpers.experiments.ablation import VARIANTS
 
     assert bench.ALL_METHODS == ("fit", "naive", "matched", *VARIANTS)
+
+
+def test_readme_quotes_the_committed_summary():
+    """results/memory-per-model/README.md's figures are summary.csv's."""
+    results = REPO / "results" / "memory-per-model"
+    with open(results / "summary.csv", newline="", encoding="utf-8") as handle:
+        summary = {row["config"]: row for row in csv.DictReader(handle)}
+    readme = (results / "README.md").read_text(encoding="utf-8")
+
+    def figure(config, column="slope_mib_per_model"):
+        return f"{float(summary[config][column]):.2f}"
+
+    for config in ("cv", "cv_all", "cv+fresh", "fit", "fit+reuse", "mixed+reuse",
+                   "mixed+clear_session"):
+        assert f" {figure(config)} " in readme, config
+    assert f"grows {figure('cv')} MiB per (method, fold) over {summary['cv']['models']}" in readme
+    saved = (float(summary["cv+fresh"]["tracing_s_per_model"])
+             - float(summary["cv"]["tracing_s_per_model"]))
+    assert (f"{saved:.2f} s per (method, fold) (first step minus median step, "
+            f"{figure('cv+fresh', 'tracing_s_per_model')} → "
+            f"{figure('cv', 'tracing_s_per_model')} s") in readme
