@@ -6,7 +6,8 @@ side): this is what bfloat16 does to the result. Every model is built and traine
 `helpers.tooling.speed.dtype_policy`; the matched loop equals fit under either policy
 (tests/test_fit_options.py), so fit alone is cross-validated by default. Prints the final-epoch
 summary and the paired comparison (bf16 minus float32, per fold) and writes the tidy per-epoch
-table as CSV.
+table as CSV, with the load average before and after the run (its seconds mean little under load;
+its accuracies do not depend on it).
 
     python benchmarks/bf16_accuracy.py           # 6 folds, 5 epochs, 6,000 images (~10 min)
     python benchmarks/bf16_accuracy.py --quick   # seconds-long smoke run
@@ -43,10 +44,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if args.folds < 2 or args.epochs < 1 or args.batch_size < 1:
-        parser.error("need --folds >= 2, --epochs >= 1, --batch-size >= 1")
-    if not 10 * args.folds <= args.samples <= 60000:
-        parser.error("--samples must be from 10 x folds to 60000")
+    from helpers.experiments.params import (
+        check_methods,
+        check_output_file,
+        command_line_names,
+        usage_errors,
+        validate_parameters,
+    )
+
+    names = command_line_names(subset="--samples")
+    with usage_errors(parser):
+        check_output_file("--csv", args.csv)
+        # --samples is the cross-validated subset: at least 10 classes x folds
+        validate_parameters(folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
+                            subset=args.samples, seed=args.seed, names=names, smoke=False)
+        import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
+
+        check_methods(args.methods, names)
     return args
 
 
@@ -64,8 +78,10 @@ def main(argv=None):
 
     from helpers.data import load_mnist
     from helpers.experiments.compare import final_epoch, paired_comparison
-    from helpers.tooling.speed import policy_cross_validation
+    from helpers.tooling.benchmark_args import prepare_csv
+    from helpers.tooling.speed import load_average, load_columns, policy_cross_validation
 
+    load_at_start = load_average()
     x, y = load_mnist("train", subset=args.samples, seed=args.seed)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; {len(x)} samples, {args.folds} folds, "
@@ -91,9 +107,9 @@ def main(argv=None):
     stamp = dict(samples=args.samples, folds=args.folds, epochs=args.epochs,
                  batch_size=args.batch_size, seed=args.seed, tensorflow=tf.__version__,
                  keras=keras.__version__, cpu_count=os.cpu_count(), quick=args.quick,
-                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.assign(**stamp).to_csv(args.csv, index=False)
+                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 **load_columns(load_at_start, load_average()))
+    table.assign(**stamp).to_csv(prepare_csv(args.csv), index=False)
     paired_csv = args.csv.with_name(args.csv.stem + "_paired.csv")
     pd.DataFrame(comparisons).assign(**stamp).to_csv(paired_csv, index=False)
     print(f"\nwrote {args.csv} and {paired_csv}")

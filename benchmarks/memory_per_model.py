@@ -527,17 +527,15 @@ def merge_earlier(out: Path, rows, summaries):
     return kept_rows + rows, kept_summaries + summaries
 
 
-def check_out_dir(parser, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} is a file, not a folder")
-    if out.is_dir():
-        present = {p.name for p in out.iterdir()}
-        if present and not present & {MARKER, "per_model.csv", "summary.csv"}:
-            parser.error(f"--out {out} is not empty and was not made by this script; "
-                         "give a new or empty folder")
-
-
 def parse_args(argv=None):
+    from helpers.experiments.params import (
+        check_integer,
+        check_project_folder,
+        inside_project_folder,
+        refuse,
+        usage_errors,
+    )
+
     parser = argparse.ArgumentParser(
         prog="memory_per_model.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -563,23 +561,23 @@ def parse_args(argv=None):
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown or not names:
-        parser.error(f"unknown configuration(s) {unknown or '(none given)'}; known: "
-                     + ", ".join(CONFIGS))
+        with usage_errors(parser):
+            refuse("--configs", args.configs, "it must be a comma-separated list from "
+                   + ", ".join(CONFIGS))
     args.configs = names
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    for name in names:
-        needed = config_warmup(name, args.warmup) + 2
-        if CONFIGS[name]["cv"]:  # whole folds, the first one warm-up, two after it at least
-            needed = max(needed, 3 * len(CONFIGS[name]["methods"]))
-        if args.models < needed:
-            parser.error(f"--models must be >= {needed} for {name} to fit a slope")
-    if not 16 <= args.images <= 40000:
-        parser.error("--images must be from 16 to 40000")
-    if args.epochs < 1 or args.batch_size < 1:
-        parser.error("--epochs and --batch-size must be >= 1")
-    if args.run_config is None:
-        check_out_dir(parser, args.out)
+    with usage_errors(parser):
+        check_integer("--warmup", args.warmup, 0)
+        check_integer("--models", args.models, args.warmup + 2)  # a slope needs two points
+        for name in names:  # cv: whole folds, the first one warm-up, then two at least
+            needed = max(config_warmup(name, args.warmup) + 2, 3 * len(CONFIGS[name]["methods"]))
+            if CONFIGS[name]["cv"] and args.models < needed:
+                refuse("--models", args.models, f"{name} needs at least {needed}: its first "
+                       "fold is warm-up, and a slope needs two folds after it")
+        check_integer("--images", args.images, 16, 40000)
+        check_integer("--epochs", args.epochs, 1)
+        check_integer("--batch-size", args.batch_size, 1)
+        if args.run_config is None and not inside_project_folder(args.out):
+            check_project_folder("--out", args.out, MARKER)
     return args
 
 
@@ -674,4 +672,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # helpers importable even without `pip install -e .`
     sys.exit(main())

@@ -89,6 +89,13 @@ def measure(notebook: Path, executed: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from helpers.experiments.params import (
+        check_output_folder,
+        prepare_output_dir,
+        refuse,
+        usage_errors,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prefixes", nargs="*", help="only notebooks whose name starts so")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "memory")
@@ -96,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     notebooks = [path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
                  if not args.prefixes or path.name.startswith(tuple(args.prefixes))]
+    with usage_errors(parser):
+        if not notebooks:
+            refuse("prefixes", args.prefixes, "no notebook in notebooks/ starts with any of them")
+        check_output_folder("--out", args.out)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for notebook in notebooks:
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['notebook']:<32} exit {row['exit_code']}  kernel peak "
                   f"{row['kernel_peak_mb']:>5} MB  total peak {row['total_peak_mb']:>5} MB  "
                   f"{row['seconds']:>4} s  {row['error']}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(args.out)
     with open(args.out / "notebook_memory.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -125,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # helpers importable even without `pip install -e .`
     sys.exit(main())

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def use_threads(threads: int) -> dict[str, int]:
     """Limit TensorFlow's intra-op and inter-op pools to `threads` each (0 keeps TensorFlow's
@@ -25,3 +27,11 @@ def thread_settings() -> dict[str, int]:
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
+
+
+def threads_to_reproduce(threads: int) -> int:
+    """The intra-op thread count of a run made after ``use_threads(threads)``: `threads`, or for 0
+    TensorFlow's default, one per CPU this process may run on. Retraining reproduces its results
+    bit for bit with this count, and in general not with another (TensorFlow splits its
+    reductions by thread). Needs no TensorFlow."""
+    return threads or len(os.sched_getaffinity(0))

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Lint, then run the tests and every notebook (nbval, smoke-test settings).
+# Lint, then run the tests, every notebook among them: each runs in JupyterLab
+# (tests/test_browser.py, smoke-test settings), which also compares the outputs of the cells
+# marked NBVAL_CHECK_OUTPUT with the committed ones, as nbval does. (nbval runs the notebooks at
+# the oldest supported versions: scripts/test_oldest.sh.)
 #
 # Usage: bash scripts/test.sh [extra pytest arguments]
 # TAPE_VS_FIT_SMOKE=1 shrinks folds, epochs and data so that each notebook runs in seconds
 # (see helpers/experiments/params.py). pytest finding no tests (exit code 5) counts as a failure.
-# Includes tests/test_browser.py (JupyterLab in headless chromium); `-m "not browser"` deselects
-# it. Without extra arguments the notebooks (browser test, then nbval) run in a second pytest
-# process alongside the other tests, and the Colab simulation (tests/test_colab_setup.py) is left
-# to scripts/test_oldest.sh, whose TensorFlow it reuses.
+# `-m "not browser"` deselects the browser test, `-m "not venv"` the Colab simulation
+# (tests/test_colab_setup.py, a fresh virtual environment holding .venv-oldest's TensorFlow).
+# Without extra arguments those two run in a second pytest process alongside the other tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,10 +21,6 @@ export PATH="$VIRTUAL_ENV/bin:$PATH"
 lint_paths=()
 for path in helpers tests benchmarks notebooks; do
     if [[ -e "$path" ]]; then lint_paths+=("$path"); fi
-done
-test_paths=()
-for path in tests notebooks; do
-    if [[ -e "$path" ]]; then test_paths+=("$path"); fi
 done
 
 # ruff first; pytest runs even when ruff fails, so one run reports both.
@@ -42,30 +40,28 @@ fi
 # --durations: the slowest tests in the log, to keep CI within its time budget.
 pytest_status=0
 notebook_status=0
-if (( $# == 0 && ${#browser_args[@]} == 0 )) && [[ " ${test_paths[*]} " == *" notebooks "* ]]; then
+if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     # Without extra arguments (as in CI): two pytest processes side by side, as one keeps about one
-    # of two cores busy. In the background the notebooks, each run in JupyterLab (the browser
-    # test), then under nbval, one after the other (they write to the same output/ folders); in
-    # the foreground the other tests. The notebooks' log follows.
+    # of two cores busy. In the background every notebook in JupyterLab (the browser test), then
+    # the Colab simulation; in the foreground the other tests. The background log follows.
     notebook_log=$(mktemp)
-    echo "==> pytest tests/test_browser.py notebooks (nbval-lax, TAPE_VS_FIT_SMOKE=1)," \
+    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py (TAPE_VS_FIT_SMOKE=1)," \
          "in the background"
-    TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
-        tests/test_browser.py notebooks >"$notebook_log" 2>&1 &
+    TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests/test_browser.py \
+        tests/test_colab_setup.py >"$notebook_log" 2>&1 &
     notebook_pid=$!
     trap 'kill "$notebook_pid" 2>/dev/null || true; rm -f "$notebook_log"' EXIT
-    # The Colab simulation (marker venv) runs in scripts/test_oldest.sh, whose TensorFlow it
-    # reuses; .ci/run runs that alongside.
     echo "==> pytest tests -m 'not browser and not venv' (TAPE_VS_FIT_SMOKE=1)"
     TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests -m "not browser and not venv" \
         || pytest_status=$?
     wait "$notebook_pid" || notebook_status=$?
-    echo "==> pytest tests/test_browser.py notebooks (ran in the background), exit $notebook_status:"
+    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py (ran in the background)," \
+         "exit $notebook_status:"
     cat "$notebook_log"
 else
-    echo "==> pytest ${test_paths[*]} (notebooks with nbval-lax, TAPE_VS_FIT_SMOKE=1)"
-    TAPE_VS_FIT_SMOKE=1 python -m pytest --nbval-lax --nbval-current-env --durations=15 \
-        "${test_paths[@]}" "${browser_args[@]}" "$@" || pytest_status=$?
+    echo "==> pytest tests (TAPE_VS_FIT_SMOKE=1)"
+    TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests "${browser_args[@]}" "$@" \
+        || pytest_status=$?
 fi
 
 if (( pytest_status == 5 || notebook_status == 5 )); then

@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
-# The unit tests with the oldest supported versions (requirements-oldest.txt: the lower bounds of
-# pyproject.toml's ranges) in .venv-oldest, and the Colab simulation (marker venv), which reuses
-# this environment's TensorFlow and Keras. Not the notebooks, the browser test or the tests marked
-# versionless (README, text and notebook-file checks, the same with any versions): those run with
-# the pinned versions in scripts/test.sh.
+# The oldest supported versions (requirements-oldest.txt: the lower bounds of pyproject.toml's
+# ranges) in .venv-oldest: the unit tests, then every notebook under nbval (--nbval-lax: each
+# runs to the end without an error, and the cells marked NBVAL_CHECK_OUTPUT print what they
+# printed when committed) at the smoke settings, TAPE_VS_FIT_SMOKE=1. A section that needs a
+# newer Keras prints one line there instead of running (helpers.notebook.setup.keras_allows).
+# Not the browser test, the Colab simulation or the tests marked versionless (README, text and
+# notebook-file checks, the same with any versions): those run with the pinned versions in
+# scripts/test.sh (the Colab simulation too, with .venv-oldest's TensorFlow).
 #
 # Usage: bash scripts/test_oldest.sh [extra pytest arguments]
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh --oldest
-echo "==> pytest tests with $(.venv-oldest/bin/python -c 'import importlib.metadata as m;
+echo "==> pytest tests and notebooks with $(.venv-oldest/bin/python -c 'import importlib.metadata as m;
 print(", ".join(f"{n} {m.version(n)}" for n in ("tensorflow", "keras", "numpy", "pandas")))')"
+# The notebooks run from a fresh copy, output/oldest/notebooks, so that what they write to
+# ../output (e.g. the cross-validation folds that later notebooks read back) is this run's own:
+# apart from output/, which scripts/test.sh's browser test writes at the same time, and from an
+# earlier run's. ../results, which they read, is linked.
+test_paths=(tests)
+if [[ -e notebooks ]]; then
+    rm -rf output/oldest
+    mkdir -p output/oldest
+    cp -r notebooks output/oldest/notebooks
+    ln -s ../../results output/oldest/results
+    test_paths+=(output/oldest/notebooks)
+fi
+# One pytest process, the unit tests first: .ci/run runs this alongside scripts/test.sh's two.
 status=0
-TF_CPP_MIN_LOG_LEVEL=2 .venv-oldest/bin/python -m pytest tests \
-    -m "venv or not (browser or pinned or versionless)" \
-    --ignore=tests/test_papermill.py --durations=15 "$@" || status=$?
+TAPE_VS_FIT_SMOKE=1 TF_CPP_MIN_LOG_LEVEL=2 .venv-oldest/bin/python -m pytest "${test_paths[@]}" \
+    -m "not (browser or venv or pinned or versionless)" --nbval-lax --nbval-current-env \
+    --ignore=tests/test_papermill.py --durations=25 "$@" || status=$?
 if (( status == 5 )); then
     echo "test_oldest: pytest collected no tests; that counts as a failure." >&2
     exit 1

@@ -7,6 +7,7 @@ cores: MNIST is read once per session, training tests use a few hundred images.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
@@ -51,3 +52,10 @@ def max_difference(a, b) -> float:
     b = [np.asarray(y, dtype=np.float64) for y in b]
     assert [x.shape for x in a] == [y.shape for y in b]
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def folder_snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`, to show that nothing in it was
+    written, made or removed. Tests import it: ``from conftest import folder_snapshot``."""
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}

@@ -313,11 +313,14 @@ def test_summarize_only_refuses_a_baseline_with_other_settings(tmp_path, capsys)
     variants, baseline = tmp_path / "variants", tmp_path / "baseline"
     for folder, epochs in ((variants, 2), (baseline, 30)):
         store.ResultsFolder.open(folder, {"folds": 2, "epochs": epochs})
-    assert run_ablation.main(["--results-dir", str(variants), "--baseline", str(baseline),
-                              "--summarize-only"]) == 2
-    error = capsys.readouterr().err
-    assert f"results folder {baseline} holds results made with other settings" in error
-    assert "epochs: saved 30, now 2" in error
+    (variants / store.RUN_INFO).write_text("{}\n")  # the run that trained the variants wrote it
+    with pytest.raises(SystemExit) as stop:
+        run_ablation.main(["--results-dir", str(variants), "--baseline", str(baseline),
+                           "--summarize-only"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (f"parameter --baseline={str(baseline)!r} is not allowed: its results were made with "
+            "other settings (epochs: saved 30, now 2)") in error
 
 
 @pytest.mark.parametrize("argv, message", [

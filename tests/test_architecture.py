@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "helpers"
 LAYERS = {
     "helpers": 0, "helpers.differences": 0, "helpers.threads": 0, "helpers.data": 0,
     "helpers.compat": 0, "helpers.model": 1, "helpers.training": 2, "helpers.experiments": 3,
-    "helpers.notebook": 4, "helpers.tooling": 5,
+    "helpers.notebook": 4, "helpers.tooling": 5, "helpers.doctor": 5,
 }
 CORE_LAYERS = {0, 1, 2, 3}
 

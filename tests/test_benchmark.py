@@ -46,12 +46,59 @@ def test_quick_benchmark_writes_a_row_per_method(tmp_path):
     table = pd.read_csv(csv)
     assert list(table["method"]) == methods
     assert len(returned) == len(table)
-    for column in ("samples_per_s", "gflops", "utilization_pct", "peak_gflops"):
-        assert all(math.isfinite(v) and v > 0 for v in table[column]), column
+    for column in ("samples_per_s", "gflops", "peak_gflops", "load_average_start",
+                   "load_average_end"):
+        assert all(math.isfinite(v) and v >= 0 for v in table[column]), column
+    # 2 steps an epoch are too few to compare with the matmul peak, loaded machine or not
+    assert table["utilization_pct"].isna().all()
+    loaded = table[["load_average_start", "load_average_end"]].max(axis=1) > speed.LOAD_LIMIT
+    assert (table["under_load"] == loaded).all()
     reference = table.set_index("method").loc[speed.REFERENCE]
     assert reference["ratio_to_fit_auto"] == 1.0
     assert (table["epochs_measured"] == table["epochs"]).all()
     assert table["quick"].all()
+
+
+def _summary(under_load=False, samples=12800, gflops=(50.0, 60.0), peak=100.0):
+    return pd.DataFrame({
+        "method": ["fit_auto", "matched_spe"], "description": ["fit", "loop"],
+        "samples_per_s": [1000.0, 1200.0], "samples_per_s_q25": [950.0, 1150.0],
+        "samples_per_s_q75": [1050.0, 1250.0], "ratio_to_fit_auto": [1.0, 1.2],
+        "samples_per_epoch": [samples, samples], "batch_size": 64, "gflops": list(gflops),
+        "peak_gflops": peak, "utilization_pct": [100 * g / peak for g in gflops],
+        "train_flops_per_sample": 14256384, "load_average_start": 3.0 if under_load else 0.5,
+        "load_average_end": 0.4, "under_load": under_load, "cpu_count": 2,
+    })
+
+
+@pytest.mark.parametrize("summary, problem", [
+    (_summary(), None),
+    (_summary(under_load=True), "under load"),
+    (_summary(samples=640), "10 steps an epoch are too few"),
+    (_summary(gflops=(50.0, 101.0)), "outpaced"),
+], ids=["idle", "under load", "too few steps", "above 100%"])
+def test_share_of_the_peak_only_where_it_can_be_measured(summary, problem):
+    found = speed.peak_comparison_problem(summary)
+    table = speed.format_table(summary)
+    if problem is None:
+        assert found is None and "% peak" in table
+        assert ("measured on an idle machine (load average 0.5 at the start and 0.4 at the end"
+                in table)
+    else:
+        assert problem in found
+        assert "% peak" not in table and "GFLOP/s" not in table
+        assert f"no share of the matmul peak: {found}" in table
+    assert ("UNDER LOAD" in table) == bool(summary["under_load"].iloc[0])
+
+
+def test_verdicts_compare_interquartile_ranges():
+    summary = _summary()
+    assert speed.compared_with(summary, "matched_spe") == "faster than"
+    assert speed.verdict(summary, "matched_spe") == (
+        "matched_spe: 1.20x fit_auto, faster than fit_auto (IQRs apart)")
+    summary.loc[1, "samples_per_s_q25"] = 1040.0
+    assert speed.compared_with(summary, "matched_spe") == "about as fast as"
+    assert speed.compared_with(summary, "fit_auto", "matched_spe") == "about as fast as"
 
 
 def test_benchmark_always_measures_the_reference():

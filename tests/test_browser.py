@@ -5,8 +5,10 @@ down, before the next.
 
 Fails on: a notebook marked modified as soon as it is open (before anything ran), an error
 output, output on stderr (e.g. TensorFlow's start-up log lines), a figure-making cell without a
-figure, or a cell that did not run. The first figure of each notebook is saved as a screenshot
-under output/browser/.
+figure, a cell that did not run, or a cell marked ``# NBVAL_CHECK_OUTPUT`` whose outputs differ
+from the committed ones as nbval --nbval-lax compares them (this run is the notebooks' run at the
+pinned versions; scripts/test_oldest.sh runs them under nbval at the oldest). The first figure of
+each notebook is saved as a screenshot under output/browser/.
 
 The server listens on 127.0.0.1 with a random free port and a token; its settings and workspace
 folders are throwaway, autosave is off (nothing is written back to notebooks/). Chromium is
@@ -26,8 +28,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import defaultdict
 from pathlib import Path
 
+import nbformat
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -212,12 +216,48 @@ def finished(status) -> bool:
                                            or status["error"])
 
 
-def problems(state) -> list[str]:
+# nbval --nbval-lax compares the outputs of the cells marked so with the committed ones: stream
+# text by stream name, and every field of display data and results but images and widget ids
+# (nbval/plugin.py: IPyNbFile.__init__'s skip_compare, IPyNbCell.compare_outputs, coalesce_streams).
+CHECK_OUTPUT = "# NBVAL_CHECK_OUTPUT"
+UNCOMPARED_DATA = ("image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json")
+
+
+def text(value) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
+def compared_outputs(outputs) -> dict[str, list[str]]:
+    """What nbval compares of a cell's outputs: each stream's text, all of one name joined (with
+    backspaces and bare carriage returns applied, as nbval does), and each data field's values
+    in order."""
+    fields = defaultdict(list)
+    streams = {}
+    for output in outputs:
+        if output["output_type"] == "stream":
+            streams[output["name"]] = streams.get(output["name"], "") + text(output["text"])
+        for key, value in output.get("data", {}).items():
+            if key not in UNCOMPARED_DATA:
+                fields[key].append(text(value))
+    for name, stream in streams.items():
+        while re.search(r"[^\n]\x08", stream):
+            stream = re.sub(r"[^\n]\x08", "", stream)
+        fields[f"stream {name}"].append(re.sub(r"^.*\r(?=[^\n])", "", stream, flags=re.MULTILINE))
+    return dict(fields)
+
+
+def problems(state, committed) -> list[str]:
+    """What is wrong with a run's `state` (STATE_JS) of the `committed` notebook."""
     found = []
-    for index, cell in enumerate(state["cells"]):
+    for index, (cell, stored) in enumerate(zip(state["cells"], committed.cells, strict=True)):
         if cell["type"] != "code":
             continue
         where = f"cell {index} ({cell['source'].strip().splitlines()[0][:60]!r})"
+        if CHECK_OUTPUT in cell["source"]:
+            ran, expected = compared_outputs(cell["outputs"]), compared_outputs(stored.outputs)
+            if ran != expected:
+                found.append(f"{where}: outputs differ from the committed ones: {ran} != "
+                             f"{expected}")
         for output in cell["outputs"]:
             if output["output_type"] == "error":
                 found.append(f"{where}: {output['ename']}: {output['evalue']}")
@@ -279,7 +319,7 @@ def test_restart_and_run_all_in_jupyterlab(lab, lab_page, notebook):
         wait_for_status(page, path, finished, "every cell to run", RUN_TIMEOUT_S)
 
         state = page.evaluate(STATE_JS, path)
-        found = problems(state)
+        found = problems(state, nbformat.reads(committed.decode(), as_version=4))
         if any(FIGURE_CALL.search(cell["source"]) for cell in state["cells"]):
             figures = page.locator(".jp-OutputArea-output img").filter(visible=True)
             if figures.count():
@@ -295,3 +335,17 @@ def test_restart_and_run_all_in_jupyterlab(lab, lab_page, notebook):
         # Shut the kernel down, freeing its memory before the next notebook.
         for session in api(base, token, "/api/sessions"):
             api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
+
+
+def test_compared_outputs_are_what_nbval_lax_compares():
+    """Streams of one name compared as one text (JupyterLab merges them, a stored notebook may
+    not), images left out, every other field kept: one changed line differs."""
+    stored = [nbformat.v4.new_output("stream", text="a\n"),
+              nbformat.v4.new_output("stream", text="b\n"),
+              nbformat.v4.new_output("display_data", {"image/png": "AAAA", "text/plain": "<Fig>"})]
+    ran = [{"output_type": "stream", "name": "stdout", "text": ["a\n", "b\n"]},
+           {"output_type": "display_data", "data": {"image/png": "BBBB", "text/plain": "<Fig>"}}]
+    assert compared_outputs(ran) == compared_outputs(stored) == {
+        "stream stdout": ["a\nb\n"], "text/plain": ["<Fig>"]}
+    ran[0]["text"] = ["a\n", "c\n"]
+    assert compared_outputs(ran) != compared_outputs(stored)

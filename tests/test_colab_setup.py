@@ -1,14 +1,16 @@
-"""The Setup cell's generated install block, run as Colab runs it, in a fresh virtual environment.
+"""The generated Setup cell, run as Colab runs it, in a fresh virtual environment.
 
 The environment already holds TensorFlow and Keras at the oldest supported versions
 (requirements-oldest.txt), as Colab holds its own: older than the pins, inside the range. They are
 not installed again: the environment gets TensorFlow, Keras and what they depend on, and nothing
 else, hard-linked (or copied) file by file from .venv-oldest (which `scripts/setup.sh --oldest`
-makes, or finds up to date), plus IPython from pip. A stand-in ``google.colab`` module makes the
-block take its hosted path, and a local copy of the package replaces the GitHub requirement. The
-block must install helpers and the missing packages, and leave TensorFlow and Keras exactly as
-they were (same version, same files). Before that, the same block without ``google.colab`` (a
-notebook downloaded alone) must stop with a message that says what to install.
+makes, or finds up to date), plus IPython from pip. The variable Colab sets in every kernel
+(``COLAB_RELEASE_TAG``) makes the cell take its hosted path, and a local copy of the package
+replaces the GitHub requirement. The cell must install helpers and the missing packages, leave
+TensorFlow and Keras exactly as they were (same version, same files), and, as the Setup cell of a
+notebook whose sections need a newer Keras than this one, say so with the command that fixes it.
+Before that, the same cell without the variable (a notebook downloaded alone) must stop with one
+line that says what to install.
 
 Takes a minute or two (pip installs pandas, scikit-learn, scipy, matplotlib; more the first time,
 when it makes .venv-oldest); deselect with ``-m "not venv"``.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.tooling.notebook_index import install_block
+from helpers.compat import KERAS_GATES
+from helpers.notebook.quiet_tensorflow import CPP_LOG_LINE
+from helpers.tooling.notebook_index import setup_source
 
 pytestmark = pytest.mark.venv
 
@@ -139,23 +143,27 @@ def package_copy(tmp_path):
     return source
 
 
-def run_block(venv: Path, folder: Path, preamble: str, block: str):
-    """Run `block` with IPython (for the %pip line) in `folder`, away from the checkout."""
+def run_cell(venv: Path, folder: Path, cell: str, hosted: bool):
+    """Run `cell` with IPython (for the %pip line) in `folder`, away from the checkout; `hosted`:
+    with the variable Colab sets."""
     script = folder / "setup.ipy"
-    script.write_text(f"import os\nimport sys\n{preamble}\n{block}\n", encoding="utf-8")
+    script.write_text(f"{cell}\n", encoding="utf-8")
     env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "TAPE_VS_FIT_SMOKE")}
+           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "TAPE_VS_FIT_SMOKE", "COLAB_RELEASE_TAG",
+                          "KAGGLE_KERNEL_RUN_TYPE")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if hosted:
+        env["COLAB_RELEASE_TAG"] = "release-colab-stand-in"
     return run([str(venv / "bin" / "ipython"), "--quick", "--no-banner", str(script)],
                cwd=folder, env=env)
 
 
 def test_downloaded_alone_says_what_to_install(colab_venv, tmp_path):
-    result = run_block(colab_venv, tmp_path, "", install_block())
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "ModuleNotFoundError" in output
-    assert 'pip install "tape-vs-fit @ git+https://github.com/' in output, output[-2000:]
+    result = run_cell(colab_venv, tmp_path, setup_source(), hosted=False)
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # IPython's colours
+    assert ('SystemExit: This notebook needs its helpers package: '
+            'pip install "tape-vs-fit @ git+https://github.com/') in output, output[-2000:]
+    assert "Traceback" not in output and "setup_notebook" not in output, output[-2000:]
 
 
 def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package_copy, tmp_path):
@@ -166,12 +174,8 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     for name in ("tape_vs_fit", "pandas", "scikit_learn", "matplotlib"):
         assert not dist_info(colab_venv, name), f"{name} should be missing before the block runs"
 
-    fake = tmp_path / "fake"  # a stand-in for Colab's own google.colab module
-    (fake / "google" / "colab").mkdir(parents=True)
-    (fake / "google" / "colab" / "__init__.py").write_text("", encoding="utf-8")
-    preamble = f"sys.path.insert(0, {str(fake)!r})\nimport google.colab  # noqa: F401"
-    result = run_block(colab_venv, tmp_path, preamble,
-                       install_block(source=f"tape-vs-fit @ {package_copy.as_uri()}"))
+    cell = setup_source(["strategy"], source=f"tape-vs-fit @ {package_copy.as_uri()}")
+    result = run_cell(colab_venv, tmp_path, cell, hosted=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
 
@@ -186,8 +190,16 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
         assert after[0].name.startswith(f"{name}-{pins[name]}.")
     installing = [line for line in output.splitlines() if line.startswith("Installing")]
     assert installing and not re.search(r"\b(tensorflow|keras)\b", installing[0]), installing
-    # The versions in use are named, with what is exact only on the pins.
+    # The versions in use are named, with what is exact only on the pins; the Keras the
+    # distributed loop needs (KERAS_GATES) is named with the command that installs it alone.
     assert f"Using tensorflow {pins['tensorflow']}, keras {pins['keras']}." in output
+    assert f"TensorFlow {pins['tensorflow']} · Keras {pins['keras']} · " in output
+    needed = ".".join(map(str, KERAS_GATES["strategy"].oldest))
+    assert (f"Keras {pins['keras']} is older than the {needed} this notebook needs for "
+            f"{KERAS_GATES['strategy'].what}: ") in output, output[-3000:]
+    assert f'%pip install -q "keras>={needed},<' in output
+    assert not [line for line in result.stderr.splitlines() if CPP_LOG_LINE.match(line)
+                or "absl::InitializeLog" in line], result.stderr[-3000:]
     # What was missing is now there, within the range.
     check = run([python, "-c",
                  "import helpers.notebook.environment as e; e.check_environment(False)"],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -31,15 +32,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.notebook.quiet_tensorflow import is_start_up_line
 from helpers.tooling import private_network
 from helpers.tooling.launcher import (
     WorkerError,
+    checkpoint_dir,
+    how_it_ended,
+    last_meaningful_lines,
     launch_workers,
     load_result,
     main,
     max_history_difference,
     max_weight_difference,
     parse_args,
+    roll_back_to_common_epoch,
+    saved_epochs,
     tf_config,
 )
 from helpers.tooling.private_network import LoopbackNetwork, free_ports
@@ -146,10 +153,11 @@ class ListenerWatch(threading.Thread):
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
     """fit and the loop, each from the same initial weights and batches, under one 2-replica
-    MirroredStrategy on this machine's CPU split in two."""
+    MirroredStrategy on this machine's CPU split in two (and what the run printed)."""
     out = tmp_path_factory.mktemp("mirrored")
-    run_module("--replicas", "2", "--trainers", "fit", "loop", *ODD, "--out", str(out))
-    return {name: load_result(out / name) for name in ("fit", "loop")}
+    done = run_module("--replicas", "2", "--trainers", "fit", "loop", *ODD, "--out", str(out))
+    return {**{name: load_result(out / name) for name in ("fit", "loop")},
+            "output": done.stdout + done.stderr}
 
 
 def test_loop_equals_fit_under_mirrored_strategy(mirrored):
@@ -244,7 +252,7 @@ def two_workers(tmp_path_factory):
         watch.done.set()
         watch.join()
     return {"results": results, "started": started[0], "watch": watch,
-            "left_behind": left_behind(out)}
+            "left_behind": left_behind(out), "out": out}
 
 
 def test_two_workers_end_equal_and_match_mirrored_strategy(mirrored, two_workers):
@@ -312,8 +320,134 @@ def test_launcher_names_the_failed_worker_and_stops_the_others(tmp_path, capsys)
                  "--out", str(tmp_path)])
     error = capsys.readouterr().err
     assert code == 1
-    assert "worker 1 failed" in error and "RuntimeError: this worker was told to fail" in error
+    assert ("worker 1 failed (exit code 1): RuntimeError: this worker was told to fail"
+            in error), error
     # Worker 0 was waiting for worker 1 in the cluster; the launcher must have killed it.
+    assert not left_behind(tmp_path)
+
+
+def start_up_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if is_start_up_line(line)]
+
+
+def test_the_launcher_and_its_workers_print_no_tensorflow_start_up_lines(mirrored, two_workers):
+    """What the in-process run printed (stdout and stderr, captured) and what each worker wrote
+    to its log hold none of TensorFlow's C++ start-up lines: both import TensorFlow through
+    helpers.notebook.quiet_tensorflow. The workers' logs are not empty: each says which epochs
+    it finished."""
+    assert "loop: 2 replica(s)" in mirrored["output"]
+    assert not start_up_lines(mirrored["output"])
+    for index in range(2):
+        log = (two_workers["out"] / f"worker_{index}.log").read_text()
+        assert "loop: epoch 2 finished" in log, log
+        assert not start_up_lines(log), log
+
+
+BANNER = """WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795949133.072756   24401 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1795949133.073144   24401 cudart_stub.cc:31] Could not find cuda drivers on your machine
+"""
+
+
+def test_a_failure_message_quotes_the_log_without_tensorflow_banner_lines(tmp_path):
+    """The issue's case: a worker killed after its log's last line, TensorFlow's start-up lines
+    around it. The message says how it ended and quotes the log's own lines (of the last start,
+    after a restart), or the exception line of a traceback."""
+    log = tmp_path / "worker_1.log"
+    log.write_text(f"{BANNER}loop: epoch 1 finished, loss 2.1\n--- restart 1 ---\n{BANNER}"
+                   f"loop: epoch 2 finished, loss 1.9\n{BANNER}")
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "loop: epoch 2 finished, loss 1.9"
+    log.write_text(f"{BANNER}Traceback (most recent call last):\n  File ...\n"
+                   "RuntimeError: this worker was told to fail\n")
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "RuntimeError: this worker was told to fail"
+    log.write_text(BANNER)
+    with log.open() as handle:
+        assert last_meaningful_lines(handle) == "(no output)"
+    assert how_it_ended(-9) == "killed by signal 9 (SIGKILL)"
+    assert how_it_ended(1) == "exit code 1"
+
+
+def test_roll_back_keeps_only_the_epochs_every_worker_saved(tmp_path):
+    """Worker 0 saved epochs 1 and 2 of the loop, worker 1 only epoch 1: worker 0 is rolled back
+    to epoch 1 (its epoch-2 files removed). Had worker 1 saved none, both start from 0."""
+    import tensorflow as tf
+
+    def save(worker, epochs):
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(0.0)),
+                                             str(checkpoint_dir(tmp_path, worker, "loop")), 2)
+        for epoch in epochs:
+            manager.save(checkpoint_number=epoch)
+
+    args = worker_args(tmp_path)  # while the folder is new
+    save(0, [1, 2])
+    save(1, [1])
+    assert roll_back_to_common_epoch(args) == {"loop": 1}
+    first = checkpoint_dir(tmp_path, 0, "loop")
+    assert saved_epochs(first) == [1] and not list(first.glob("ckpt-2.*"))
+    assert saved_epochs(checkpoint_dir(tmp_path, 1, "loop")) == [1]
+    for file in checkpoint_dir(tmp_path, 1, "loop").iterdir():
+        file.unlink()
+    assert roll_back_to_common_epoch(args) == {"loop": 0}
+    assert saved_epochs(first) == [] and not list(first.glob("ckpt-*"))
+
+
+def saved_epoch_files(directory: Path) -> str:
+    """The ``checkpoint`` state file's text ("" before the first save): CheckpointManager
+    rewrites it, atomically, after a checkpoint's files are complete."""
+    try:
+        return (directory / "checkpoint").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def worker_process(out: Path, index: int) -> int | None:
+    """The id of the worker process `index` of the run writing to `out`, if it runs."""
+    mark = f"--worker-index\0{index}\0"
+    found = [pid for pid in processes_mentioning(str(out))
+             if mark in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    return found[0] if found else None
+
+
+def kill_after_first_epoch(out: Path, index: int, killed: list, timeout: float) -> None:
+    """SIGKILL worker `index` as soon as both workers have saved epoch 1 of the loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all('"ckpt-1"' in saved_epoch_files(checkpoint_dir(out, worker, "loop"))
+               for worker in range(2)):
+            pid = worker_process(out, index)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.01)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(mirrored,
+                                                                                tmp_path):
+    """Worker 1 is killed with SIGKILL once both workers have saved epoch 1 of 2, in the middle
+    of the run. With --restarts 1 the launcher stops worker 0, says so in one line, and starts
+    both again from epoch 1; the final History and weights of both workers equal the
+    uninterrupted 2-replica MirroredStrategy run's (which two workers equal exactly, above)
+    bit for bit."""
+    killed, lines = [], []
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True,
+                              args=(tmp_path, 1, killed, TIMEOUT))
+    killer.start()
+    results = launch_workers(worker_args(tmp_path, "--restarts", "1"), log=lines.append)
+    killer.join()
+    assert killed, "worker 1 was not running after epoch 1: nothing was killed"
+    restarts = [line for line in lines if "restart" in line]
+    assert restarts == [
+        "worker 1 failed (killed by signal 9 (SIGKILL)): loop: epoch 1 finished, loss "
+        + restarts[0].split("loop: epoch 1 finished, loss ")[1].split(";")[0]
+        + "; restart 1 of 1: every worker resumes loop from epoch 1 (the last epoch all of "
+        "them saved)"], lines
+    for result in results:
+        resumed = result["loop"]
+        assert max_history_difference(resumed["history"], mirrored["loop"]["history"]) == 0
+        assert max_weight_difference(resumed["weights"], mirrored["loop"]["weights"]) == 0
     assert not left_behind(tmp_path)
 
 

@@ -1,6 +1,8 @@
 """helpers.notebook.environment, the check the Setup cells run before importing anything heavy: the
 range it enforces is pyproject.toml's, whose ends are the two tested requirement files; it installs
-only what is missing, and never installs over TensorFlow or Keras."""
+only what is missing, and never installs over TensorFlow or Keras. And helpers.notebook.setup:
+what the Setup cell says about the versions a notebook needs, and the one line a section that
+needs a newer Keras prints instead of running, both from the table of gates (compat.KERAS_GATES)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from helpers.notebook import environment
+from helpers import compat
+from helpers.notebook import environment, setup
+from helpers.tooling.notebook_index import keras_gates_used, notebook_paths, setup_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,14 +142,13 @@ def test_missing_tensorflow_is_installed_within_the_range(fake_installed):
 
 @pytest.mark.versionless
 def test_hosted_means_colab_or_kaggle(monkeypatch):
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    for name in environment.HOSTED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     assert not environment.hosted()
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    assert environment.hosted()
-    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
-    monkeypatch.setitem(sys.modules, "google.colab", object())
-    assert environment.hosted()
+    for name in environment.HOSTED_VARIABLES:  # COLAB_RELEASE_TAG, KAGGLE_KERNEL_RUN_TYPE
+        monkeypatch.setenv(name, "set by the host")
+        assert environment.hosted()
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.versionless
@@ -154,3 +158,90 @@ def test_importable_without_numpy_or_tensorflow():
             "import helpers.notebook.environment")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def dotted(release) -> str:
+    return ".".join(map(str, release))
+
+
+def setup_arguments(path) -> list[str]:
+    """The gates a notebook's Setup cell passes to setup_notebook, as written in the cell."""
+    call = setup_cell(nbformat.read(path, as_version=4)).source.splitlines()[-1]
+    return re.findall(r'"(\w+)"', call)
+
+
+@pytest.mark.parametrize("path", notebook_paths(ROOT), ids=lambda p: p.name)
+def test_setup_message_at_the_oldest_keras_follows_the_gate_table(path):
+    """What each notebook's Setup cell prints with the oldest supported Keras: with gates whose
+    Keras is newer, the newest such Keras, what needs it and the %pip line that installs it
+    within pyproject.toml's range; without, just the oldest TensorFlow and Keras."""
+    gates = setup_arguments(path)
+    assert gates == keras_gates_used(nbformat.read(path, as_version=4))
+    oldest = pins("requirements-oldest.txt")
+    declared_ranges = {requirement.name: requirement for requirement in declared()}
+    message = setup.needs_message(gates, oldest["keras"], compat.KERAS_GATES, declared_ranges)
+    newer = {name: compat.KERAS_GATES[name] for name in gates
+             if Version(oldest["keras"]).release[:2] < compat.KERAS_GATES[name].oldest}
+    if not newer:
+        tensorflow, keras = (dotted(Version(oldest[name]).release[:2])
+                             for name in ("tensorflow", "keras"))
+        assert message == (f"This notebook needs TensorFlow {tensorflow} or newer and Keras "
+                           f"{keras} or newer.")
+        return
+    needed = max(gate.oldest for gate in newer.values())
+    upper = [str(spec) for spec in declared_ranges["keras"].specifier if spec.operator == "<"]
+    assert message.startswith(f"Keras {oldest['keras']} is older than the {dotted(needed)} this "
+                              "notebook needs for "), message
+    assert all(gate.what in message for gate in newer.values() if gate.oldest == needed)
+    assert f'%pip install -q "keras>={dotted(needed)},{upper[0]}"' in message
+    assert "restart the kernel" in message
+
+
+def test_setup_message_at_the_pinned_keras_names_what_needs_it():
+    declared_ranges = {requirement.name: requirement for requirement in declared()}
+    message = setup.needs_message(["strategy"], "3.15.1", compat.KERAS_GATES, declared_ranges)
+    assert message == ("This notebook needs TensorFlow 2.18 or newer and Keras 3.15 or newer for "
+                       f"{compat.KERAS_GATES['strategy'].what} (Keras 3.5 for the rest).")
+
+
+@pytest.mark.parametrize("gate", sorted(compat.KERAS_GATES))
+def test_a_section_that_needs_a_newer_keras_prints_one_line(gate, capsys):
+    """keras_allows with the installed Keras: True and silent where compat.supports(gate), else
+    False and one line naming the section, the gate's Keras, what and why, and the committed
+    result (at the oldest versions CI runs every notebook, so each such line)."""
+    allowed = setup.keras_allows(gate, shows="the section's result", committed="the stored one")
+    printed = capsys.readouterr().out
+    assert allowed == compat.supports(gate)
+    if allowed:
+        assert printed == ""
+        return
+    needed = compat.KERAS_GATES[gate]
+    assert printed == (f"Not run with Keras {compat.keras.__version__}: the section's result. It "
+                       f"needs Keras {dotted(needed.oldest)} or newer for {needed.what}, because "
+                       f"{needed.why}. Committed result: the stored one.\n")
+
+
+def test_setup_notebook_refuses_a_gate_the_table_lacks():
+    with pytest.raises(ValueError, match=r"unknown Keras gates \['strategi'\]"):
+        setup.setup_notebook(keras_gates=["strategi"])
+
+
+def test_readme_says_which_notebooks_skip_what_below_which_keras():
+    """The supported-versions section of README.md: the %pip line, and one row per notebook that
+    uses gates, with the newest Keras they need and the number of sections that need it."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Supported versions")[1]
+    section = section.split("\n### ")[0]
+    keras = {requirement.name: requirement for requirement in declared()}["keras"]
+    for path in notebook_paths(ROOT):
+        notebook = nbformat.read(path, as_version=4)
+        gates = keras_gates_used(notebook)
+        if not gates:
+            continue
+        needed = max(compat.KERAS_GATES[gate].oldest for gate in gates)
+        sections = sum(cell.source.count("keras_allows(") for cell in notebook.cells
+                       if cell.cell_type == "code")
+        number = re.match(r"[0-9A-Z]+[a-z]?", path.stem).group(0)
+        row = (f"| {number} | Keras {dotted(needed)} for "
+               f"{'one section' if sections == 1 else f'{sections} sections'} |")
+        assert row in section, f"README.md's supported versions lack the row {row!r}"
+        assert setup.upgrade_command(keras, needed) in section

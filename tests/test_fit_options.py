@@ -211,6 +211,26 @@ def test_matched_loop_reproduces_fit_under_the_option(trained, name):
     assert int(fit.model.optimizer.iterations) == int(loop.model.optimizer.iterations) > 0
 
 
+def test_bf16_with_steps_per_execution_still_reproduces_fit(trained, data):
+    """The fastest loop of the throughput benchmark (matched_bf16_spe): mixed_bfloat16 and
+    steps_per_execution together -- here 2 batches a call, so each epoch's 3 batches run as a call
+    of 2 and one of 1 -- still gives fit's History and variables under the policy, bit for bit."""
+    fit, _ = trained("mixed_bfloat16")
+    case = CASES["mixed_bfloat16"]
+    (x, y), val, _ = case.arguments(data)
+    with case_settings(case):
+        model = case.make_model()
+        history = train_tape_loop(model, (x, y), val, epochs=EPOCHS, batch_size=BATCH, seed=0,
+                                  fixes=DIFFERENCE_KEYS, steps_per_execution=2,
+                                  batch_orders=np.tile(np.arange(len(x)), (EPOCHS, 1)))
+    history.pop("seconds")
+    loop = _snapshot(model, history)
+    assert loop.model.layers[0].compute_dtype == "bfloat16"
+    assert history_difference(fit.history, loop.history) == 0.0
+    assert max_difference(fit.variables, loop.variables) == 0.0
+    assert max_difference(fit.optimizer_variables, loop.optimizer_variables) == 0.0
+
+
 def test_history_keys_follow_the_compiled_metrics(trained):
     """Whatever compile(metrics=..., weighted_metrics=...) lists is in History under fit's names,
     val_ ones too; no metrics, no metric keys; no validation data, no val_ keys."""
@@ -348,13 +368,13 @@ def test_sample_and_class_weight_together_are_refused_as_by_fit(data):
 
 
 def test_bf16_benchmark_methods_build_and_train_under_the_policy(data):
-    """helpers.tooling.speed's fit_bf16 and matched_bf16: bfloat16 layers, one epoch trained, the
-    global policy float32 again afterwards."""
+    """helpers.tooling.speed's bf16 methods (with and without steps_per_execution): bfloat16
+    layers, one epoch (3 steps) trained, the global policy float32 again afterwards."""
     from helpers.tooling.speed import make_runner
 
-    for method in ("fit_bf16", "matched_bf16"):
+    for method in ("fit_bf16", "matched_bf16", "fit_bf16_spe", "matched_bf16_spe"):
         runner = make_runner(method, *data[0], batch_size=BATCH, seed=0)
         assert runner.model.layers[0].compute_dtype == "bfloat16"
         assert keras.mixed_precision.global_policy().name == "float32"
         assert runner.run_epoch() > 0
-        assert int(runner.model.optimizer.iterations) == 3
+        assert int(runner.model.optimizer.iterations) == 3, method

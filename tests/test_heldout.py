@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers.experiments import heldout
 
 
@@ -42,6 +44,8 @@ def test_command_line_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     from helpers.tooling import run_heldout
 
     (tmp_path / "notes.txt").write_text("not ours\n")
-    assert run_heldout.main([str(tmp_path), "--epochs", "1", "--subset", "100"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        run_heldout.main([str(tmp_path), "--epochs", "1", "--subset", "100"])
+    assert stop.value.code == 2
     assert "parameter results_dir=" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -31,9 +31,10 @@ bench = _load()
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--models", "3"], "--models must be >= 7 for create_only to fit a slope"),
-    (["--configs", "fit,nonsense"], "unknown configuration(s) ['nonsense']"),
-    (["--images", "5"], "--images must be from 16 to 40000"),
+    (["--models", "3"], "parameter --models=3 is not allowed: it must be >= 7"),
+    (["--configs", "fit,nonsense"], "parameter --configs='fit,nonsense' is not allowed: it must "
+                                    "be a comma-separated list from create_only, "),
+    (["--images", "5"], "parameter --images=5 is not allowed: it must be from 16 to 40000"),
     (["--models", "many"], "invalid int value"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, capsys, tmp_path):
@@ -50,7 +51,8 @@ def test_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         bench.main(["--quick", "--out", str(tmp_path)])
     assert stop.value.code == 2
-    assert "not made by this script" in capsys.readouterr().err
+    assert "this project did not make it (no .memory_per_model in it)" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_slope_and_merge(tmp_path):

@@ -39,15 +39,20 @@ def test_no_tensorflow_log_lines_in_committed_outputs(path):
     assert not noise, f"{path.name} has TensorFlow C++ log lines in its outputs: {noise[:3]}"
 
 
-def test_importing_helpers_quiet_tensorflow_prints_no_start_up_lines():
-    """The mechanism the Setup cells rely on, in a fresh interpreter (as a fresh kernel)."""
+def test_the_setup_cell_prints_versions_and_no_start_up_lines():
+    """What every Setup cell runs after installing (setup_notebook), in a fresh interpreter (as
+    a fresh kernel): TensorFlow imported without its start-up lines, one line of versions, one of
+    the versions the notebook needs."""
     result = subprocess.run(
-        [sys.executable, "-c", "import helpers.notebook.quiet_tensorflow; import tensorflow as tf; "
-         "print(tf.reduce_sum(tf.ones(3)).numpy())"],
+        [sys.executable, "-c", "from helpers.notebook.setup import setup_notebook; "
+         "setup_notebook(); import tensorflow as tf; print(tf.reduce_sum(tf.ones(3)).numpy())"],
         capture_output=True, text=True, check=True, cwd=ROOT,
         env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"},
     )
-    assert result.stdout.strip() == "3.0"
+    lines = result.stdout.splitlines()
+    assert lines[-3].startswith("TensorFlow ") and " · Keras " in lines[-3], result.stdout
+    assert lines[-2].startswith("This notebook needs TensorFlow "), result.stdout
+    assert lines[-1] == "3.0"
     assert not [line for line in result.stderr.splitlines() if CPP_LOG_LINE.match(line)
                 or "absl::InitializeLog" in line], result.stderr
 
@@ -60,17 +65,6 @@ def test_only_known_start_up_lines_are_dropped():
                             "call to cuInit: INTERNAL")
     assert not is_start_up_line("E1127 06:47:01.123456   9167 executor.cc:12] a real error")
     assert not is_start_up_line("Traceback (most recent call last):")
-
-
-@pytest.mark.versionless
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_setup_cell_imports_quiet_tensorflow_before_tensorflow(path):
-    setup = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    imports = [line for line in setup.source.splitlines() if line.startswith(("import ", "from "))]
-    first_tf = next(i for i, line in enumerate(imports)
-                    if re.match(r"(import|from) (keras|tensorflow)\b", line))
-    assert any("helpers.notebook.quiet_tensorflow" in line
-               for line in imports[:first_tf]), path.name
 
 
 # --- item 10 -----------------------------------------------------------------------------------

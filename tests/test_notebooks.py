@@ -1,6 +1,7 @@
 """Structure every notebook shares: a Setup cell first, a papermill parameters cell of literals
 validated right after, the Colab install line pointing at the configured repository, no absolute
-paths. (nbval runs them; this checks what a reader and papermill rely on.)"""
+paths. (nbval runs them; this checks what a reader and papermill rely on. The Setup cell itself:
+tests/test_repository.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.tooling.notebook_index import REPOSITORY
+from helpers.tooling.notebook_index import REPOSITORY, SETUP_CALL
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 pytestmark = pytest.mark.versionless
 
@@ -24,16 +25,19 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks/0*.ipynb: every test below would be skipped"
+    assert NOTEBOOKS, "no notebooks/*.ipynb: every test below would be skipped"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_setup_then_parameters_then_validation(path):
     cells = code_cells(path)
     setup = cells[0].source
-    assert "import" in setup and "__version__" in setup, "first code cell must be the Setup cell"
+    assert SETUP_CALL in setup, "first code cell must be the Setup cell"
     assert f"git+https://github.com/{REPOSITORY}" in setup, (
         "the Colab install line must point at helpers.tooling.notebook_index.REPOSITORY")
+    first = ast.parse(cells[1].source).body[:1]
+    assert first and isinstance(first[0], (ast.Import, ast.ImportFrom)), (
+        "the notebook's imports come right after the Setup cell, in a cell of their own")
     tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     parameters = ast.parse(cells[tagged[0]].source)

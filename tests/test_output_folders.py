@@ -3,11 +3,23 @@ anything else (``-p results_dir /etc``) is refused before training, naming the p
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nbformat
 import pandas as pd
 import pytest
+from conftest import folder_snapshot
 
-from helpers.experiments import cv, heldout, store
-from helpers.experiments.params import OUTPUT_MARKER, SMOKE_ENV, validate_parameters
+from helpers.experiments import cv, heldout, params, store
+from helpers.experiments.params import (
+    OUTPUT_MARKER,
+    SMOKE_ENV,
+    ParameterError,
+    validate_parameters,
+)
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+FOLDER_PARAMETERS = ("results_dir", "output_dir")  # the folders a notebook writes into
 
 VALID = dict(epochs=1, batch_size=8, seed=0, subset=100, folds=2)
 
@@ -100,3 +112,53 @@ def test_the_store_writes_only_into_a_results_folder_the_project_made(foreign_fo
     with pytest.raises(ValueError, match="parameter results_dir=.*settings.json"):
         results.write_json("run_info.json", {})
     assert sorted(p.name for p in foreign_folder.iterdir()) == ["notes.txt"]
+
+
+def parameter_cells(path: Path) -> tuple[str, str]:
+    """The source of a notebook's ``parameters`` cell and of the cell after it, which validates
+    them."""
+    cells = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+    index = next(i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", []))
+    return cells[index].source, cells[index + 1].source
+
+
+def notebook_folders() -> list[tuple[str, str]]:
+    """(notebook, folder parameter) for every folder a notebook's parameters name."""
+    found = []
+    for path in NOTEBOOKS:
+        namespace = {}
+        exec(parameter_cells(path)[0], namespace)
+        found += [(path.name, name) for name in FOLDER_PARAMETERS if name in namespace]
+    return found
+
+
+def run_validation(notebook: str, **changes) -> None:
+    """The notebook's parameters cell, then `changes` (as ``papermill -p`` would inject them),
+    then its validation cell -- in this process, with the names that cell calls."""
+    from helpers.tooling import launcher
+
+    parameters, validation = parameter_cells(next(p for p in NOTEBOOKS if p.name == notebook))
+    namespace = {**vars(params), "launcher": launcher, "SEED": 0}
+    exec(parameters, namespace)
+    namespace.update(changes)
+    exec(validation, namespace)
+
+
+@pytest.mark.parametrize("notebook, name", notebook_folders())
+def test_a_notebook_leaves_a_folder_it_did_not_make_byte_identical(notebook, name,
+                                                                  foreign_folder):
+    """Issue #22: every notebook parameter that names a results or output folder, given a folder
+    the project did not make, stops the validation cell with a ParameterError naming it, and the
+    folder (its sentinel file) is byte-identical afterwards."""
+    before = folder_snapshot(foreign_folder.parent)
+    with pytest.raises(ParameterError, match=f"parameter {name}=.*this project did not make it"):
+        run_validation(notebook, **{name: str(foreign_folder)})
+    assert folder_snapshot(foreign_folder.parent) == before
+
+
+@pytest.mark.parametrize("notebook, name", notebook_folders())
+def test_a_notebook_makes_no_folder_before_every_check_passed(notebook, name, tmp_path):
+    """A new folder and a bad value of another parameter: refused, and the folder not made."""
+    with pytest.raises(ParameterError, match="parameter epochs=0"):
+        run_validation(notebook, epochs=0, **{name: str(tmp_path / "new")})
+    assert not (tmp_path / "new").exists()

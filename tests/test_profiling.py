@@ -130,6 +130,11 @@ def test_quick_op_profile_writes_both_tables(tmp_path):
     ops = pd.read_csv(tmp_path / "op_profile_ops.csv")
     assert set(ops["method"]) == {"fit_auto", "matched_spe"}
     assert (ops["ms_per_step"] >= 0).all()
+    for written in (table, ops):
+        assert (written["load_average_start"] >= 0).all() and "under_load" in written
+    # 4 steps an epoch: too few to compare with the matmul peak, so no utilization is written
+    utilization = [column for column in table if column.startswith("utilization")]
+    assert len(utilization) == 3 and table[utilization].isna().all().all()
 
 
 def test_profile_rounds_take_turns_and_keep_the_median_epoch(monkeypatch):

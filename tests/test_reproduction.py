@@ -2,11 +2,12 @@
 
 results/full-scale was made by notebook 04 (papermill, 10 folds, 30 epochs, batch 64, all 60,000
 training images, seed 0) with TensorFlow's default thread pools: as many threads as cores, 2 on
-the machine of its run_info.json. With 2 intra-op and 2 inter-op threads, fold 0's first epoch of
-fit, the article's loop and the matched loop gives the committed History values exactly; with
-1 thread it does not (e.g. fit's val_loss 0.08561541885137558 against the committed
-0.08610266447067261: a different summation order), so the test sets 2 threads, in a fresh
-process because TensorFlow makes its thread pools once per process.
+the machine of its run_info.json, which records that count as ``threads_to_reproduce``. With
+that many intra-op and inter-op threads, fold 0's first epoch of fit, the article's loop and the
+matched loop gives the committed History values exactly; with 1 thread it does not (e.g. fit's
+val_loss 0.08561541885137558 against the committed 0.08610266447067261: a different summation
+order), so the test sets the recorded count, in a fresh process because TensorFlow makes its
+thread pools once per process.
 
 The folds and the per-fold initial weights come from `cross_validate_mnist` itself (its
 `first_folds`), with one epoch instead of 30: every method draws its epochs' batch orders in
@@ -16,6 +17,7 @@ sequence, so the first epoch does not depend on how many follow.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL_SCALE = ResultsFolder(ROOT / "results" / "full-scale")
 METHODS = ("fit", "naive", "matched")
 COMPARED = ("loss", "accuracy", "val_loss", "val_accuracy")
-THREADS = 2  # TensorFlow's default on the machine that made the committed run
+THREADS = FULL_SCALE.recorded_run_info()["threads_to_reproduce"]
+README = ROOT / "README.md"
 
 RETRAIN = """
 import json, sys
@@ -67,3 +70,16 @@ def test_fold_0_epoch_1_reproduces_the_committed_run_exactly():
                         for key in COMPARED if row[key] != committed[key]]
     assert sorted(row["method"] for row in retrained["rows"]) == sorted(METHODS)
     assert not differences, "\n".join(differences)
+
+
+@pytest.mark.versionless
+def test_readme_names_the_thread_count_of_every_committed_result():
+    """The README's table says, for every results folder whose run_info.json records one, the
+    thread count that reproduces it; the table and the files agree."""
+    block = README.read_text().split("<!-- threads:start -->")[1].split("<!-- threads:end -->")[0]
+    in_readme = {folder: int(threads) for folder, threads in
+                 re.findall(r"^\| \[(results/[\w-]+)\]\([^)]*\) \| (\d+) \|", block, re.M)}
+    recorded = {f"results/{path.parent.name}": info["threads_to_reproduce"]
+                for path in sorted((ROOT / "results").glob("*/run_info.json"))
+                if "threads_to_reproduce" in (info := json.loads(path.read_text()))}
+    assert recorded and in_readme == recorded

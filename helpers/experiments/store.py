@@ -26,6 +26,7 @@ from helpers.experiments.params import (
     ParameterError,
     check_project_folder,
     check_results_folder,
+    refuse,
 )
 
 RUN_INFO = "run_info.json"
@@ -73,13 +74,16 @@ def read_finished(results: ResultsFolder | None, name: str, label: str,
 
 
 def run_info() -> dict:
-    """Machine, library versions and TensorFlow's thread settings, stored beside the results."""
+    """Machine, library versions and TensorFlow's thread settings, stored beside the results;
+    ``threads_to_reproduce`` is the intra-op thread count that retrains them bit for bit
+    (`helpers.threads.threads_to_reproduce`)."""
     import keras
     import sklearn
     import tensorflow as tf
 
-    from helpers.threads import thread_settings
+    from helpers.threads import thread_settings, threads_to_reproduce
 
+    threads = thread_settings()
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -90,7 +94,8 @@ def run_info() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "system": platform.platform(),
-        **thread_settings(),
+        **threads,
+        "threads_to_reproduce": threads_to_reproduce(threads["intra_op_threads"]),
     }
 
 
@@ -134,6 +139,28 @@ class ResultsFolder:
         """The settings the folder's results were made with; None if it has none."""
         path = self.path / RESULTS_MARKER
         return json.loads(path.read_text()) if path.exists() else None
+
+    def check_settings(self, name: str, wanted: Mapping) -> None:
+        """Before a run: if the folder holds results already, refuse it (a ParameterError naming
+        parameter `name`) unless they were made with the `wanted` settings (those keys only)."""
+        saved = self.settings()
+        differing = [f"{key}: saved {saved.get(key)!r}, now {value!r}"
+                     for key, value in wanted.items() if saved and saved.get(key) != value]
+        if differing:
+            refuse(name, str(self.path), f"its results were made with other settings "
+                   f"({', '.join(differing)}); use another folder, or the same settings")
+
+    def check_thread_count(self, name: str, threads: int) -> None:
+        """Before resuming a run with ``use_threads(threads)``: refuse (a ParameterError naming
+        parameter `name`) a thread count other than the one the folder's results were made
+        with, since the results would then no longer reproduce with one count."""
+        from helpers.threads import threads_to_reproduce
+
+        recorded = self.recorded_run_info().get("threads_to_reproduce")
+        if recorded is not None and recorded != threads_to_reproduce(threads):
+            refuse(name, threads, f"the results in {self.path} were made with {recorded} "
+                   f"intra-op thread(s) and reproduce bit for bit only with as many; give {name} "
+                   f"{recorded}")
 
     def check_same_settings(self, other: ResultsFolder, why: str) -> None:
         """Refuse `other` unless its results were made with this folder's settings; `why` says

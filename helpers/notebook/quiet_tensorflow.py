@@ -1,7 +1,8 @@
 """Importing this module imports TensorFlow without its C++ start-up log lines.
 
-The notebooks' Setup cells import it first (``import helpers.notebook.quiet_tensorflow``, before
-Keras). Importing TensorFlow 2.21 on a machine without a GPU writes, straight to file descriptor 2:
+Every notebook's Setup cell imports it before Keras (through
+`helpers.notebook.setup.setup_notebook`); so do the command-line tools. Importing TensorFlow 2.21
+on a machine without a GPU writes, straight to file descriptor 2:
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:... port.cc:153] oneDNN custom operations are on. ...
@@ -27,13 +28,17 @@ import re
 import sys
 import tempfile
 
-# TensorFlow's C++ log line: severity letter, MMDD, time, thread id, file:line]
-CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.\-/]+:\d+\]")
+# TensorFlow's C++ log line: severity letter, MMDD, time, thread id, file:line] (absl's format),
+# or date, time, severity letter, file:line] (TensorFlow's own, e.g. TF 2.18's cuda_fft.cc lines)
+CPP_LOG_LINE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ "
+                          r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] )"
+                          r"(?P<file>[\w.\-/]+):\d+\]")
 ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
 # Start-up messages that say nothing about this project's runs: oneDNN is on, no CUDA driver or
 # GPU, which CPU instructions the build could use, CUDA plugins registering.
 START_UP_SOURCES = ("port.cc", "cudart_stub.cc", "cuda_platform.cc", "cpu_feature_guard.cc",
-                    "cuda_dnn.cc", "cuda_fft.cc", "cuda_blas.cc", "cuda_executor.cc")
+                    "cuda_dnn.cc", "cuda_fft.cc", "cuda_blas.cc", "cuda_executor.cc",
+                    "cuda_driver.cc")
 # With op determinism on, TF 2.21's tf.data logs (at ERROR level, but harmless: "Unknown
 # attributes will be ignored") that its map op's NodeDef has an attribute its op definition lacks.
 NODE_DEF_NOTICE = "NodeDef mentions attribute use_unbounded_threadpool which is not in the op"
@@ -50,7 +55,7 @@ def is_start_up_line(line: str) -> bool:
     match = CPP_LOG_LINE.match(line)
     if not match:
         return False
-    source = match.group(0).rsplit(" ", 1)[-1].split(":")[0]
+    source = match["file"].rsplit("/", 1)[-1]
     return (source in START_UP_SOURCES
             or (source == "node_def_util.cc" and NODE_DEF_NOTICE in line)
             or (source == "util.cc" and HALF_NOTICE in line))

@@ -1,4 +1,8 @@
-"""Command-line options and run stamp shared by the scripts in benchmarks/."""
+"""Command-line options and run stamp shared by the scripts in benchmarks/.
+
+Their options are checked by helpers.experiments.params's checkers before TensorFlow is imported
+(the method names, which come from helpers.tooling.speed, last) and before anything is written;
+a value not allowed is a usage error (exit status 2) naming the option."""
 
 from __future__ import annotations
 
@@ -6,7 +10,20 @@ import argparse
 import datetime
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
+
+from helpers.experiments.params import (
+    check_integer,
+    check_options,
+    check_output_file,
+    command_line_names,
+    prepare_output_dir,
+    refuse,
+    usage_errors,
+)
+
+MNIST_TRAIN_IMAGES = 60_000
 
 
 def benchmark_parser(doc: str, default_csv: Path, quick: dict) -> argparse.ArgumentParser:
@@ -31,19 +48,35 @@ def benchmark_parser(doc: str, default_csv: Path, quick: dict) -> argparse.Argum
 
 
 def parse_benchmark_args(parser: argparse.ArgumentParser, argv, quick: dict,
-                         at_least_one: tuple[str, ...]) -> argparse.Namespace:
-    """Parse, apply ``--quick``, and refuse values below 1 for the `at_least_one` options (and
-    for --samples, --batch-size, --peak-size) and sample counts MNIST does not have."""
+                         minimums: Mapping[str, int]) -> argparse.Namespace:
+    """Parse, apply ``--quick``, and check every option: the `minimums` (option's dest -> least
+    value) and --batch-size and --peak-size >= 1, --samples from 20 to MNIST's 60,000 training
+    images, --csv a file in a folder the project may write to, the --methods names (after the
+    others: they load TensorFlow)."""
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in quick.items():
             setattr(args, key, value)
-    for name in ("samples", "batch_size", "peak_size", *at_least_one):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.samples < 20 or args.samples > 60000:
-        parser.error("--samples must be from 20 to 60000 (MNIST's training images)")
+    names = command_line_names()
+    with usage_errors(parser):
+        check_integer("--samples", args.samples, 20, MNIST_TRAIN_IMAGES)
+        check_options(args, {"batch_size": 1, "peak_size": 1, **minimums}, names)
+        check_output_file("--csv", args.csv)
+        if args.methods is not None:
+            import helpers.notebook.quiet_tensorflow  # noqa: F401 (the names load TensorFlow)
+            from helpers.tooling.speed import BENCHMARK_METHODS
+
+            unknown = [name for name in args.methods if name not in BENCHMARK_METHODS]
+            if unknown:
+                refuse("--methods", args.methods, f"every name must be one of "
+                       f"{list(BENCHMARK_METHODS)}; unknown: {unknown}")
     return args
+
+
+def prepare_csv(path: Path) -> Path:
+    """Make the folder of the CSV `path` (checked by `parse_benchmark_args`); returns `path`."""
+    prepare_output_dir(path.parent)
+    return path
 
 
 def run_stamp(args: argparse.Namespace, **settings) -> dict:

@@ -12,6 +12,8 @@ and tests the notebook prints. With ``--ablation``, the one-fix-at-a-time result
 fill ``<!-- ablation:start -->`` ... ``<!-- ablation:end -->``, and the answer sentence computed
 from them fills ``<!-- answer:start -->`` ... ``<!-- answer:end -->`` in the README and in the
 first cell of notebook 02 (``<!-- ablation-answer:start -->`` ... ``<!-- ablation-answer:end -->``).
+Every option is checked before anything is read or written (a usage error, exit status 2); no
+framework is loaded.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.experiments import ablation
 from helpers.experiments.compare import paired_comparison, summarize, verdict
+from helpers.experiments.params import (
+    check_existing_file,
+    check_results_folder,
+    refuse,
+    usage_errors,
+)
 from helpers.experiments.plots import METHOD_LABELS
-from helpers.training import ABLATION_METHODS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
@@ -115,7 +121,7 @@ def ablation_markdown(effect_table: pd.DataFrame, ablation_path: Path, relative_
     info = json.loads((ablation_path / "run_info.json").read_text())
     settings = json.loads((ablation_path / "settings.json").read_text())
     folder = ablation_path.resolve().relative_to(relative_to.resolve()).as_posix()
-    runs = len(ABLATION_METHODS) * settings["folds"]
+    runs = len(ablation.VARIANTS) * settings["folds"]
     if info["finished_runs"] == runs:
         progress = (f"All {runs} (variant, fold) runs, on the same folds and initial weights as "
                     "the table above. Training time ")
@@ -152,6 +158,33 @@ def _update_notebook_answer(path: Path, answer: str) -> tuple[str, str]:
     return path.read_text(), nbformat.writes(notebook) + "\n"
 
 
+def check_results(name: str, folder: Path, files: tuple[str, ...]) -> None:
+    """`folder` must be a results folder holding `files`."""
+    check_results_folder(name, folder)
+    missing = [file for file in files if not (folder / file).is_file()]
+    if missing:
+        refuse(name, str(folder), f"the results folder lacks {', '.join(missing)}")
+
+
+def check_markers(name: str, path: Path, *pairs: tuple[str, str]) -> None:
+    """`path` must be a file holding each of the marker `pairs` once."""
+    text = check_existing_file(name, path).read_text()
+    for start, end in pairs:
+        if text.count(start) != 1 or text.count(end) != 1:
+            refuse(name, str(path), f"it needs exactly one {start} ... {end} block")
+
+
+def check_report_options(args: argparse.Namespace) -> None:
+    """The folders read and the files rewritten, before anything is read or written."""
+    check_results("results", args.results, ("table.csv", "run_info.json"))
+    readme_markers = [(START, END)]
+    if args.ablation is not None:
+        check_results("--ablation", args.ablation, ("run_info.json",))
+        readme_markers += [ABLATION_MARKERS, ANSWER_MARKERS]
+        check_markers("--notebook", args.notebook, NOTEBOOK_MARKERS)
+    check_markers("--readme", args.readme, *readme_markers)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results folder written by notebook 04")
@@ -163,6 +196,8 @@ def main(argv=None) -> int:
                         help="notebook whose first cell gets the answer (with --ablation)")
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
+    with usage_errors(parser):
+        check_report_options(args)
     current = args.readme.read_text()
     updated = replace_block(current, results_markdown(args.results, args.readme.parent))
     files = {args.readme: (current, updated)}

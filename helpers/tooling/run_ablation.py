@@ -9,6 +9,9 @@ committed results (``--baseline``) instead of retraining them::
     results/full-scale --threads 1 --steps-per-execution 50
     python -m helpers.tooling.run_ablation ... --summarize-only   # tables and figure from the
     finished folds
+
+Every option is checked before TensorFlow is imported and before anything is written, the
+baselines' settings included: a mistake costs a second, not hours of training.
 """
 
 from __future__ import annotations
@@ -18,12 +21,42 @@ import sys
 import time
 from pathlib import Path
 
-import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
-from helpers.experiments import ablation, store
-from helpers.experiments.cv import cross_validate_mnist
-from helpers.experiments.params import ParameterError, check_options, check_results_folder
-from helpers.threads import use_threads
-from helpers.training import ABLATION_METHODS, FoldTrainer, ablation_variants
+from helpers.experiments import store
+from helpers.experiments.params import (
+    ParameterError,
+    check_options,
+    check_results_folder,
+    command_line_names,
+    refuse,
+    usage_errors,
+    validate_parameters,
+)
+
+BASELINES = ("fit", "naive")  # what the variants are compared with
+
+
+def check_results_and_baselines(args: argparse.Namespace) -> None:
+    """The variants are compared with fit and the article's loop trained on the same folds from
+    the same initial weights: `--baseline` must be a results folder made with the settings of
+    this run (with --summarize-only: of the results folder), and so must `--results-dir`, if it
+    holds results already; without `--baseline` the results folder itself must hold their
+    runs."""
+    results = store.ResultsFolder(args.results_dir)
+    if args.summarize_only:
+        wanted = results.settings()
+    else:
+        wanted = {"folds": args.folds, "epochs": args.epochs, "batch_size": args.batch_size,
+                  "seed": args.seed, "subset": args.subset or None}
+        results.check_settings("--results-dir", wanted)
+        results.check_thread_count("--threads", args.threads)
+    if args.baseline is None:
+        if not all(any((args.results_dir / method).glob("fold_*.csv")) for method in BASELINES):
+            refuse("--baseline", None, f"give the results folder of the baselines "
+                   f"({' and '.join(BASELINES)}, e.g. results/full-scale): {args.results_dir} "
+                   "holds no runs of them")
+        return
+    baseline = store.ResultsFolder(check_results_folder("--baseline", args.baseline))
+    baseline.check_settings("--baseline", wanted)  # the variants need the baselines' folds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,24 +73,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="TensorFlow intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--steps-per-execution", type=int, default=1,
                         help="batches per compiled call; bit-identical results, less overhead")
-    parser.add_argument("--variants", nargs="+", choices=ABLATION_METHODS, default=None,
-                        metavar="VARIANT",
-                        help="train only these variants (default: all 8); lets two "
-                             "single-thread processes share the folds' work")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help="train only these variants (default: all 8, e.g. naive+dropout, "
+                             "matched-shuffle); lets two single-thread processes share the "
+                             "folds' work")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
-    check_options(parser, args, {"folds": 2, "epochs": 1, "batch_size": 1, "subset": 0, "seed": 0,
-                                 "threads": 0, "steps_per_execution": 1})
-    if args.baseline is not None:  # before hours of training, not after
-        try:
-            check_results_folder("--baseline", args.baseline)
-        except ParameterError as error:
-            parser.error(str(error))
+    names = command_line_names()
+    with usage_errors(parser):
+        validate_parameters(folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
+                            subset=args.subset, seed=args.seed, results_dir=args.results_dir,
+                            names=names, smoke=False)
+        check_options(args, {"threads": 0, "steps_per_execution": 1}, names)
+        if args.summarize_only:
+            check_results_folder("--results-dir", args.results_dir)
+            if not (args.results_dir / store.RUN_INFO).is_file():
+                refuse("--results-dir", str(args.results_dir), f"--summarize-only needs the "
+                       f"{store.RUN_INFO} of the run that trained the variants")
+        check_results_and_baselines(args)  # before hours of training, not after
+        if args.variants is not None:  # last: the names load TensorFlow
+            import helpers.notebook.quiet_tensorflow  # noqa: F401 (no start-up lines)
+            from helpers.training import ABLATION_METHODS
+
+            unknown = [name for name in args.variants if name not in ABLATION_METHODS]
+            if unknown:
+                refuse("--variants", args.variants, f"every name must be one of "
+                       f"{list(ABLATION_METHODS)}; unknown: {unknown}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
+    from helpers.experiments import ablation
+    from helpers.experiments.cv import cross_validate_mnist
+    from helpers.threads import use_threads
+    from helpers.training import ABLATION_METHODS, FoldTrainer, ablation_variants
+
     try:
         if not args.summarize_only:
             use_threads(args.threads)  # before TensorFlow's first op: its pools are made once

@@ -1,6 +1,6 @@
 """Training throughput of fit() and of GradientTape loops, measured fairly.
 
-Used by ``benchmarks/throughput.py`` and notebook 06; nothing here is copied into either.
+Used by ``benchmarks/throughput.py`` and notebook 05_speed; nothing here is copied into either.
 
 What is measured: training only (no validation), in samples per second, per epoch. Every method
 trains its own copy of the article's CNN (``create_cnn(seed)``: the same initial weights), and the
@@ -9,7 +9,8 @@ whatever else the machine does in the meantime slows all of them alike. The firs
 epochs of each method are run but not counted: they hold tracing, XLA compilation and the
 allocator's first touches. The throughput of a method is the median over its measured epochs;
 its ratio is that median over the median of ``fit_auto`` (``model.fit`` as the article calls it,
-``jit_compile="auto"``) measured in the same run.
+``jit_compile="auto"``) measured in the same run. The machine's 1-minute load average is recorded
+before and after the run; above `LOAD_LIMIT` the run is labelled as measured under load.
 
 Methods (`BENCHMARK_METHODS`):
 
@@ -41,6 +42,9 @@ Methods (`BENCHMARK_METHODS`):
   ``train_matched``'s option of the same name: one call of the compiled function trains the
   whole epoch in a graph loop, so Python and the function call are paid once an epoch rather
   than once a batch.
+- ``fit_bf16_spe``, ``matched_bf16_spe``: both options at once, the fastest correct loop we have
+  (the matched loop equals fit under ``mixed_bfloat16`` with ``steps_per_execution`` too:
+  tests/test_fit_options.py), against fit with the same two options.
 - ``workers1``, ``workers2_1thread``: `helpers.training.distributed`'s loop under a
   ``MultiWorkerMirroredStrategy``, on 1 worker process with TensorFlow's default threads, and on
   2 worker processes limited to one intra-op thread each -- data parallelism over the 2 cores,
@@ -65,7 +69,10 @@ layer's input gradient is never computed (its input is the data), so `training_f
 is ``3 * forward - first layer``. Achieved GFLOP/s are compared with the speed of a large
 float32 ``tf.matmul`` (`matmul_gflops`) timed after every epoch of the same run -- the median of
 those is the "peak": what this machine's cores reach on the friendliest kernel there is, under the
-same conditions.
+same conditions. A share of that peak is reported only where it can be measured
+(`peak_comparison_problem`): on an idle machine, over epochs of at least `MIN_STEPS_FOR_PEAK`
+steps, and never above 100% -- a run in which training outpaced the matmul measured a busier
+machine in the matmul than in the epochs, and its peak is no yardstick.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -88,11 +96,18 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.differences import DIFFERENCE_KEYS
+from helpers.experiments.params import refuse
 from helpers.model import create_cnn
 from helpers.training import EpochOrders, Trainer, matched_train_step, tape_loop_trainer
 from helpers.training.fit import EpochTimer
 
 REFERENCE = "fit_auto"
+# A 1-minute load average above this, on this project's 2-core machines, means other jobs ran
+# alongside: the run is labelled as measured under load.
+LOAD_LIMIT = 1.5
+# Epochs shorter than this many steps are too short to compare with the matmul peak: their timing
+# carries the fixed costs of an epoch (a new iterator, the final metric read).
+MIN_STEPS_FOR_PEAK = 100
 
 BENCHMARK_METHODS = {
     "fit_auto": 'model.fit, jit_compile="auto" (the default)',
@@ -108,6 +123,9 @@ BENCHMARK_METHODS = {
     "matched_spe": "matched tape loop, steps_per_execution = one epoch",
     "fit_bf16": 'model.fit, jit_compile="auto", mixed_bfloat16 policy',
     "matched_bf16": "matched tape loop, tf.function, mixed_bfloat16 policy",
+    "fit_bf16_spe": "model.fit, mixed_bfloat16 policy, steps_per_execution = one epoch",
+    "matched_bf16_spe": "matched tape loop, mixed_bfloat16 policy, "
+                        "steps_per_execution = one epoch",
     "workers1": "tape loop under MultiWorkerMirroredStrategy, 1 worker process (default threads)",
     "workers2_1thread": "tape loop, 2 worker processes (data parallel), 1 intra-op thread each",
 }
@@ -389,6 +407,11 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
             "mixed_bfloat16", lambda: _FitRunner(x, y, batch_size, seed, "auto")),
         "matched_bf16": lambda: _PolicyRunner(
             "mixed_bfloat16", lambda: _matched_runner(x, y, batch_size, seed, "gather", "graph")),
+        "fit_bf16_spe": lambda: _PolicyRunner(
+            "mixed_bfloat16", lambda: _FitRunner(x, y, batch_size, seed, "auto", steps_per_epoch)),
+        "matched_bf16_spe": lambda: _PolicyRunner(
+            "mixed_bfloat16", lambda: _matched_runner(x, y, batch_size, seed, "gather", "graph",
+                                                      steps_per_epoch)),
         "workers1": lambda: _WorkersRunner(x, y, batch_size, seed, workers=1, threads=0),
         "workers2_1thread": lambda: _WorkersRunner(x, y, batch_size, seed, workers=2,
                                                    threads=1),
@@ -402,14 +425,46 @@ def make_runner(method: str, x: np.ndarray, y: np.ndarray, *, batch_size: int, s
 # The interleaved measurement
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (the number of processes running or waiting to run,
+    averaged over the last minute)."""
+    return os.getloadavg()[0]
+
+
+def load_columns(at_start: float, at_end: float) -> dict:
+    """The columns every benchmark table carries about the machine's load during the run."""
+    return dict(load_average_start=round(at_start, 2), load_average_end=round(at_end, 2),
+                under_load=max(at_start, at_end) > LOAD_LIMIT)
+
+
+def machine_state(table: pd.DataFrame) -> str:
+    """How a benchmark table's run met the machine, from its load columns, in words. Runs made
+    before the load was recorded carry NaN loads and the label their log gives."""
+    row = table.iloc[0]
+    cores = row.get("cpu_count", os.cpu_count())
+    if math.isnan(row["load_average_start"]) and math.isnan(row["load_average_end"]):
+        loads = f"load average not recorded, {cores} cores; labelled so by the run's log"
+    else:
+        loads = "load average " + " and ".join(
+            f"{row[f'load_average_{when}']:.1f} at the {when}" for when in ("start", "end")
+            if not math.isnan(row[f"load_average_{when}"])) + f", on {cores} cores"
+    if row["under_load"]:
+        return (f"measured UNDER LOAD ({loads}): other jobs shared the machine, so only ratios "
+                "within the run compare, and they are noisy")
+    return f"measured on an idle machine ({loads})"
+
+
 @dataclass
 class Measurement:
-    """Every timed epoch (`epochs`, warm-up included, a row each) and the matmul speeds."""
+    """Every timed epoch (`epochs`, warm-up included, a row each), the matmul speeds and the load
+    average before and after the run."""
 
     epochs: pd.DataFrame
     peak_gflops: list[float]
     flops_per_sample: int
+    batch_size: int
     jit_compile: dict[str, bool] = field(default_factory=dict)
+    load_average: tuple[float, float] = (math.nan, math.nan)
 
 
 def check_methods(methods: Iterable[str] | None) -> list[str]:
@@ -443,6 +498,7 @@ def measure(
     methods = check_methods(methods)
     rows, peaks, jit = [], [], {}
     flops = None
+    load_at_start = load_average()
     for repeat in range(repeats):
         runners = {m: make_runner(m, x, y, batch_size=batch_size, seed=seed) for m in methods}
         flops = training_flops_per_sample(runners[methods[0]].model)
@@ -472,15 +528,39 @@ def measure(
         for runner in runners.values():
             if isinstance(runner, _WorkersRunner):
                 runner.close()
-    return Measurement(pd.DataFrame(rows), peaks, flops, jit)
+    return Measurement(pd.DataFrame(rows), peaks, flops, batch_size, jit,
+                       (load_at_start, load_average()))
+
+
+def peak_problem(under_load: bool, steps_per_epoch: int,
+                 utilizations: Iterable[float]) -> str | None:
+    """Why achieved GFLOP/s cannot be compared with a matmul peak measured in the same run, or
+    None if they can: the machine was under load (the matmul and the epochs met different
+    amounts of other work), the epochs were too short, or a utilization (a fraction) came out
+    above 1, which no correct measurement shows."""
+    if under_load:
+        return "the machine was under load"
+    if steps_per_epoch < MIN_STEPS_FOR_PEAK:
+        return (f"{steps_per_epoch} steps an epoch are too few to measure it (at least "
+                f"{MIN_STEPS_FOR_PEAK} needed)")
+    if any(value > 1 for value in utilizations):
+        return "training outpaced the matmul measured alongside"
+    return None
+
+
+def peak_comparison_problem(summary: pd.DataFrame) -> str | None:
+    """`peak_problem` of a `summarize_throughput` table."""
+    steps = math.ceil(int(summary["samples_per_epoch"].min()) / int(summary["batch_size"].iloc[0]))
+    return peak_problem(bool(summary["under_load"].any()), steps,
+                        summary["gflops"] / summary["peak_gflops"])
 
 
 def summarize_throughput(measurement: Measurement) -> pd.DataFrame:
     """One row per method: median samples/s over the measured epochs, spread, ratio to fit_auto,
-    achieved GFLOP/s and utilization of the measured matmul peak."""
+    achieved GFLOP/s, the load average, and the utilization of the measured matmul peak where it
+    can be measured (`peak_comparison_problem`; else NaN)."""
     table = measurement.epochs
     measured = table[~table["warmup"]]
-    peak = statistics.median(measurement.peak_gflops)
     rows = []
     for method, group in measured.groupby("method", sort=False):
         speeds = group["samples_per_s"]
@@ -499,8 +579,13 @@ def summarize_throughput(measurement: Measurement) -> pd.DataFrame:
     reference = summary.loc[summary["method"] == REFERENCE, "samples_per_s"].iloc[0]
     summary["ratio_to_fit_auto"] = summary["samples_per_s"] / reference
     summary["gflops"] = summary["samples_per_s"] * measurement.flops_per_sample / 1e9
-    summary["peak_gflops"] = peak
-    summary["utilization_pct"] = 100 * summary["gflops"] / peak
+    summary["peak_gflops"] = statistics.median(measurement.peak_gflops)
+    summary["batch_size"] = measurement.batch_size
+    for name, value in load_columns(*measurement.load_average).items():
+        summary[name] = value
+    problem = peak_comparison_problem(summary)
+    summary["utilization_pct"] = (math.nan if problem else
+                                  100 * summary["gflops"] / summary["peak_gflops"])
     summary["train_flops_per_sample"] = measurement.flops_per_sample
     summary["jit_compile"] = summary["method"].map(measurement.jit_compile)
     order = {name: i for i, name in enumerate(BENCHMARK_METHODS)}
@@ -508,22 +593,58 @@ def summarize_throughput(measurement: Measurement) -> pd.DataFrame:
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """The summary as a fixed-width text table."""
-    lines = [f"{'method':<15} {'samples/s':>10} {'IQR':>13} {'x fit_auto':>10} "
-             f"{'GFLOP/s':>8} {'% peak':>7}  description"]
+    """The summary as a fixed-width text table; the GFLOP/s and % of peak columns only where the
+    peak can be measured (`peak_comparison_problem`), else a line that says why not."""
+    problem = peak_comparison_problem(summary)
+    peak_header = "" if problem else f" {'GFLOP/s':>8} {'% peak':>7}"
+    lines = [f"{'method':<16} {'samples/s':>10} {'IQR':>13} {'x fit_auto':>10}{peak_header}"
+             "  description"]
     for row in summary.itertuples():
         spread = f"{row.samples_per_s_q25:.0f}-{row.samples_per_s_q75:.0f}"
+        peak_cells = "" if problem else f" {row.gflops:>8.1f} {row.utilization_pct:>6.1f}%"
         lines.append(
-            f"{row.method:<15} {row.samples_per_s:>10.0f} {spread:>13} "
-            f"{row.ratio_to_fit_auto:>10.2f} {row.gflops:>8.1f} {row.utilization_pct:>6.1f}%"
-            f"  {row.description}"
+            f"{row.method:<16} {row.samples_per_s:>10.0f} {spread:>13} "
+            f"{row.ratio_to_fit_auto:>10.2f}{peak_cells}  {row.description}"
         )
-    peak = summary["peak_gflops"].iloc[0]
     flops = summary["train_flops_per_sample"].iloc[0]
-    lines.append(f"peak: median float32 matmul speed {peak:.1f} GFLOP/s on this machine; "
-                 f"training FLOPs per sample: {flops / 1e6:.2f} M (analytic: forward + "
-                 "gradients)")
+    if problem:
+        lines.append(f"no share of the matmul peak: {problem}")
+    else:
+        lines.append(f"peak: median float32 matmul speed {summary['peak_gflops'].iloc[0]:.1f} "
+                     f"GFLOP/s on this machine; training FLOPs per sample: {flops / 1e6:.2f} M "
+                     "(analytic: forward + gradients)")
+    lines.append(machine_state(summary))
     return "\n".join(lines)
+
+
+def compared_with(summary: pd.DataFrame, method: str, reference: str = REFERENCE) -> str:
+    """"about as fast as" when the interquartile ranges of `method` and `reference` overlap, else
+    "faster than" or "slower than"."""
+    by = summary.set_index("method")
+    low, high = by.loc[method, ["samples_per_s_q25", "samples_per_s_q75"]]
+    ref_low, ref_high = by.loc[reference, ["samples_per_s_q25", "samples_per_s_q75"]]
+    if low <= ref_high and ref_low <= high:
+        return "about as fast as"
+    return "faster than" if low > ref_high else "slower than"
+
+
+def verdict(summary: pd.DataFrame, method: str, reference: str = REFERENCE) -> str:
+    """One line: `method`'s throughput as a multiple of `reference`'s and `compared_with`."""
+    by = summary.set_index("method")["samples_per_s"]
+    comparison = compared_with(summary, method, reference)
+    spread = "IQRs overlap" if comparison == "about as fast as" else "IQRs apart"
+    return (f"{method}: {by[method] / by[reference]:.2f}x {reference}, {comparison} {reference} "
+            f"({spread})")
+
+
+def read_committed(folder, name: str) -> pd.DataFrame:
+    """The committed benchmark table `name` (e.g. "throughput.csv") from `folder`; a missing file
+    is refused as the notebooks' ``benchmark_dir`` parameter."""
+    path = Path(folder) / name
+    if not path.is_file():
+        refuse("benchmark_dir", str(folder), f"it must hold the committed benchmark table {name} "
+               "(results/benchmarks/ in the repository)")
+    return pd.read_csv(path)
 
 
 # ----------------------------------------------------------------------------------------------

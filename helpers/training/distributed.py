@@ -164,7 +164,7 @@ class DistributedEvaluator(Evaluator):
 
 
 def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_size, seed,
-                      verbose=0, batch_orders=None):
+                      verbose=0, batch_orders=None, callbacks=None, initial_epoch=0):
     """The matched loop under `strategy`, with `helpers.training`'s signature and History keys.
 
     `batch_size` is the *global* batch, split over the replicas; the epoch orders are
@@ -172,18 +172,23 @@ def train_distributed(model, strategy, train_data, val_data, *, epochs, batch_si
     `helpers.training.ordered_dataset` -- the dataset `train_fit` gives fit -- so fit and this
     loop see the same batches, through one iterator across all epochs. The `Trainer`'s
     ``tf.function`` takes the iterator and runs one step, traced once (the iterator's batch
-    dimension is unknown, so the partial batch does not retrace)."""
+    dimension is unknown, so the partial batch does not retrace). `callbacks` and
+    `initial_epoch` mean what they mean to fit (`helpers.training.checkpoints.train_resumable`
+    resumes with them): epoch e still trains on ``batch_orders[e]``."""
     x, y = train_data
     batch_orders = (epoch_orders(len(x), epochs, seed) if batch_orders is None
                     else check_orders(batch_orders, len(x), epochs))
     step = distributed_train_step(model, strategy, x, y)
     evaluate = DistributedEvaluator(model, strategy, *val_data, batch_size)
-    dataset = shard_by_data(ordered_dataset(x, y, batch_size, batch_orders))
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one across all epochs
     steps = math.ceil(len(x) / batch_size)
+    iterator = None
+    if initial_epoch < epochs:  # as fit, the dataset starts at `initial_epoch`
+        dataset = shard_by_data(ordered_dataset(x, y, batch_size, batch_orders[initial_epoch:]))
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))  # one for all epochs
     trainer = Trainer(model, step, lambda epoch: itertools.repeat((iterator,), steps),
                       steps=steps, evaluate=evaluate)
-    return trainer.train(epochs, verbose=verbose)
+    return trainer.train(epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                         verbose=verbose)
 
 
 def build_cnn(strategy, seed: int, dropout: float = ARTICLE_DROPOUT, l2: float = 0.0,

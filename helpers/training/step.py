@@ -122,8 +122,22 @@ def _build_like_fit(model: keras.Model, x, y, sample_weight=None) -> None:
     compat.build_like_fit(model, (x, y) if sample_weight is None else (x, y, sample_weight))
 
 
+class _LossFunction(keras.losses.Loss):
+    """A per-sample loss function as a ``keras.losses.Loss`` (default reduction
+    ``sum_over_batch_size``, compile's), as ``keras.losses.LossFunctionWrapper`` does, which
+    Keras does not export."""
+
+    def __init__(self, function):
+        super().__init__(name=getattr(function, "__name__", None))
+        self.function = function
+
+    def call(self, y_true, y_pred):
+        return self.function(y_true, y_pred)
+
+
 def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
-                    sample_weight=None, transform_gradients=None) -> TrainStep:
+                    sample_weight=None, transform_gradients=None,
+                    regularization_losses: bool = True, loss_scaling: bool = True) -> TrainStep:
     """One GradientTape training step with two of the `DIFFERENCES` switchable, for data like
     `x`, `y` (and `sample_weight`, whose presence makes the step take a third argument).
 
@@ -149,6 +163,16 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
     between the tape and the optimizer (a custom step;
     `helpers.training.custom_step.layer_clipped`). Under loss scaling the gradients it would see
     are scaled, so it is refused there.
+
+    Two more of fit's behaviours can be switched off, for `helpers.doctor`, which matches a
+    reader's step against fit's step with one behaviour left out (both on by default: fit's
+    step; they act only with `mean_loss`):
+
+    - `regularization_losses` False: ``model.losses`` left out, the compiled loss alone: the
+      compiled loss as a public ``keras.losses.Loss`` (a loss given by name or function wrapped
+      in one, `_LossFunction`, reduction ``sum_over_batch_size`` as compile's);
+    - `loss_scaling` False: no ``optimizer.scale_loss`` before the gradient, so that under
+      ``mixed_float16`` the ``LossScaleOptimizer`` divides unscaled gradients by its scale.
     """
     if transform_gradients is not None and isinstance(
             model.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -156,6 +180,10 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
                                   "gradients it would see are scaled")
     if sample_weight is not None and not mean_loss:
         raise NotImplementedError("sample weights need the 'mean_loss' fix")
+    if not regularization_losses and (sample_weight is not None
+                                      or isinstance(model.loss, (dict, list, tuple))):
+        raise NotImplementedError("leaving out model.losses is for one output's loss, without "
+                                  "sample weights")
     _build_like_fit(model, x, y, sample_weight)
     optimizer = model.optimizer
     loss_tracker = compat.loss_tracker(model)
@@ -174,15 +202,24 @@ def tape_train_step(model: keras.Model, x, y, *, dropout: bool, mean_loss: bool,
         optimizer.apply_gradients(zip(grads, model.trainable_weights))
         model.compute_metrics(x_batch, y_batch, y_pred, sample_weight=weights)
 
+    if not regularization_losses:
+        compiled_loss = keras.losses.get(model.loss)
+        if not isinstance(compiled_loss, keras.losses.Loss):
+            compiled_loss = _LossFunction(compiled_loss)
+
     if mean_loss:
         def train_step(x_batch, y_batch, weights=None):
             with tf.GradientTape() as tape:
                 y_pred = forward(x_batch)
-                loss = compat.compute_loss(model, x_batch, y_batch, y_pred, weights,
-                                           training=True)
+                if regularization_losses:
+                    loss = compat.compute_loss(model, x_batch, y_batch, y_pred, weights,
+                                               training=True)
+                else:
+                    loss = compiled_loss(y_batch, y_pred)
                 loss_tracker.update_state(compat.unscale_loss_for_distribution(loss),
                                           sample_weight=tf.shape(x_batch)[0])
-                loss = optimizer.scale_loss(loss)
+                if loss_scaling:
+                    loss = optimizer.scale_loss(loss)
             update(tape, loss, x_batch, y_batch, y_pred, weights)
     else:
         def train_step(x_batch, y_batch):
