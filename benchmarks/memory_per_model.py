@@ -17,8 +17,10 @@ registry, counted after the RSS is read.
 
 Per model: ``seconds`` is the wall time of building and training it; ``tracing_s`` is the first
 training step's wall time minus the median of the model's later steps' (the trace of the training
-step plus its one-off setup; the validation step's trace is not in it). Figures are wall times on
-a shared machine: measured under load.
+step plus its one-off setup; the validation step's trace is not in it). Wall times: summary.csv's
+``load_1min`` is the 1-minute load average at the end of each configuration, and environment.txt
+labels the wall times MEASURED UNDER LOAD when one exceeds 1.5 (memory slopes are not
+load-sensitive).
 
 Per configuration (summary.csv): the least-squares slope of RSS over the models after the first
 `--warmup` (MiB per model), its intercept, and the medians of seconds and tracing_s over the same
@@ -39,13 +41,18 @@ models. Configurations (`--configs`, comma-separated; see CONFIGS):
   ``mixed+process``: each model trained in its own spawned process
   (``ProcessPoolExecutor(max_tasks_per_child=1)``); the RSS is the parent's, and ``seconds``
   includes the child's start (Python + TensorFlow import);
-- ``<method>+reuse``: ONE model, compiled once; for model i its weights, Dropout SeedGenerator
-  state and optimizer state are reset to those ``create_cnn(seed=i)`` starts with, and it is
-  trained again. For fit that is ``train_fit`` again (``model.fit`` keeps ``model.train_function``
-  across calls). For the tape loops it is THIS BENCHMARK'S EMULATION of a reusable step (the
-  helpers' trainers trace a new tf.function per call): the helpers' own step (`tape_train_step`)
-  wrapped once in a ``tf.function`` taking the batch as arguments, and the helpers' validation
-  step made once; ``mixed+reuse`` keeps one model per method;
+- ``<method>+reuse``: ONE model and its traced functions, `helpers.training.FoldTrainer`:
+  for model i, ``create_cnn(seed=i)`` is built and its starting state (weights, Dropout
+  SeedGenerator state, an unused optimizer) copied into the kept model, which is trained again
+  (fit reuses ``model.train_function``, the tape loops their `Trainer`'s traced step);
+  ``mixed+reuse`` keeps one per method;
+- ``cv``: the project's cross-validation, ``helpers.experiments.cv.cross_validate`` of fit,
+  naive and matched by name (a `FoldTrainer` each) on ``models // 3`` stratified folds of
+  ``load_mnist("train", seed=0)`` (``images`` training images a fold), RSS read after every
+  (method, fold); ``cv+fresh``: the same with ``helpers.training.METHODS``' functions, a new
+  model and trace per (method, fold), as cross_validate trained before `FoldTrainer`;
+  ``cv_all``: ``cv`` of all 11 methods (the ablation's 8 variants too). For the cv
+  configurations the warm-up is at least the first fold (each method's model and first trace);
 - ``mixed+release_steps``: ``mixed``, then, after the last model, the RSS and counts after each
   step that might free the models' memory (release_steps.csv);
 - ``mixed+tracemalloc``: ``mixed`` with ``tracemalloc`` on (slow); writes the top 10 Python
@@ -79,14 +86,19 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "memory-per-model"
 MARKER = ".memory_per_model"  # says this script made the folder
 METHODS = ("fit", "naive", "matched")
+# helpers.training.METHODS' names, spelled out: the parent process does not import TensorFlow
+ALL_METHODS = (*METHODS, *(f"naive+{key}" for key in ("dropout", "mean_loss", "shuffle",
+                                                      "partial_batch")),
+               *(f"matched-{key}" for key in ("dropout", "mean_loss", "shuffle",
+                                              "partial_batch")))
 FOLDS = 5
 QUICK = {"models": 3, "images": 96, "warmup": 1, "configs": "create_only,matched+reuse"}
 
 
-def _config(methods, before=(), after=(), env=None, process=False, reuse=False,
+def _config(methods, before=(), after=(), env=None, process=False, reuse=False, cv=False,
             tracemalloc=False, release_steps=False, description=""):
     return {"methods": tuple(methods), "before": tuple(before), "after": tuple(after),
-            "env": dict(env or {}), "process": process, "reuse": reuse,
+            "env": dict(env or {}), "process": process, "reuse": reuse, "cv": cv,
             "tracemalloc": tracemalloc, "release_steps": release_steps,
             "description": description}
 
@@ -123,13 +135,19 @@ CONFIGS = {
                              description="each model in its own spawned process"),
     **{f"{m}+reuse": _config(
         (m,), reuse=True,
-        description=("one model and fit's cached train_function, state reset per model"
-                     if m == "fit" else
-                     "one model and one traced step (benchmark's emulation), state reset per "
-                     "model")) for m in METHODS},
+        description="FoldTrainer: one model and its traced functions, each model's starting "
+                    "state copied in") for m in METHODS},
     "mixed+reuse": _config(METHODS, reuse=True,
-                           description="one model and one traced step per method, reset per "
-                                       "model"),
+                           description="one FoldTrainer per method"),
+    "cv": _config(METHODS, cv=True, reuse=True,
+                  description="the project's cross_validate of fit, naive, matched (one "
+                              "FoldTrainer per method)"),
+    "cv+fresh": _config(METHODS, cv=True,
+                        description="cross_validate with a new model and trace per (method, "
+                                    "fold), as before FoldTrainer"),
+    "cv_all": _config(ALL_METHODS, cv=True, reuse=True,
+                      description="the project's cross_validate of all 11 methods (one "
+                                  "FoldTrainer each)"),
     "mixed+release_steps": _config(
         METHODS, release_steps=True,
         description="mixed, then after the last model what each step frees (release_steps.csv)"),
@@ -142,7 +160,9 @@ PER_MODEL_FIELDS = ("config", "model", "method", "rss_mib", "rss_before_remedy_m
                     "tracemalloc_mib", "child_rss_mib")
 SUMMARY_FIELDS = ("config", "slope_mib_per_model", "intercept_mib", "models", "warmup",
                   "rss_first_mib", "rss_last_mib", "seconds_per_model", "tracing_s_per_model",
-                  "runtime_functions_per_model", "func_graphs_per_model", "description")
+                  "runtime_functions_per_model", "func_graphs_per_model", "load_1min",
+                  "description")
+UNDER_LOAD = 1.5  # a 1-minute load average above this: wall times measured under load
 
 
 # ---------------------------------------------------------------- measurements (in the child)
@@ -225,8 +245,10 @@ def load_data(images: int):
     return load_mnist("train", subset=images + max(images // 4, 16), seed=0)
 
 
-def train_new_model(method: str, index: int, data, images: int, epochs: int, batch_size: int):
-    """`create_cnn(seed=index)` trained by the helpers' trainer; (model, history, timer)."""
+def train_new_model(method: str, index: int, data, images: int, epochs: int, batch_size: int,
+                    train=None):
+    """`create_cnn(seed=index)` trained by `train` (default: the helpers' training function of
+    `method`); (model, history, timer)."""
     from helpers.model import create_cnn
     from helpers.training import METHODS as TRAINERS
 
@@ -235,8 +257,9 @@ def train_new_model(method: str, index: int, data, images: int, epochs: int, bat
         return model, None, None
     train_data, val_data = fold_data(*data, index, images)
     timer = _step_timer()
-    history = TRAINERS[method](model, train_data, val_data, epochs=epochs, batch_size=batch_size,
-                               seed=index, verbose=0, callbacks=[timer])
+    history = (train or TRAINERS[method])(model, train_data, val_data, epochs=epochs,
+                                          batch_size=batch_size, seed=index, verbose=0,
+                                          callbacks=[timer])
     return model, history, timer
 
 
@@ -257,107 +280,6 @@ def prune_gradient_registry(keep: set) -> None:
 
     for name in custom_gradient_names() - keep:
         del ops.gradient_registry._registry[name]
-
-
-class ReusedModel:
-    """One compiled model trained again and again, each time from the state
-    ``create_cnn(seed=i)`` starts with: weights, Dropout SeedGenerator state, a fresh optimizer
-    (slots and iteration count zero, learning rate as compiled) and, for fit's shuffling, the
-    global seed. fit reuses ``model.train_function``/``test_function``; the tape loops use one
-    ``tf.function`` step made here (the benchmark's emulation of a reusable trainer)."""
-
-    def __init__(self, method: str, initial_states, images: int, batch_size: int):
-        import tensorflow as tf
-
-        from helpers.model import create_cnn
-        from helpers.training import tape_train_step
-        from helpers.training.step import Evaluator
-
-        self.method, self.initial_states, self.batch_size = method, initial_states, batch_size
-        self.model = model = create_cnn(seed=0)
-        model.optimizer.build(model.trainable_variables)
-        self.optimizer_start = [v.numpy() for v in model.optimizer.variables]
-        if method == "fit":
-            return
-        x_spec = tf.TensorSpec([None, 28, 28, 1], tf.float32)
-        y_spec = tf.TensorSpec([None, 10], tf.float32)
-        self.fixes = () if method == "naive" else ("dropout", "mean_loss", "shuffle",
-                                                   "partial_batch")
-        step = tape_train_step(model, tf.zeros([1, 28, 28, 1]), tf.zeros([1, 10]),
-                               dropout="dropout" in self.fixes,
-                               mean_loss="mean_loss" in self.fixes)
-        self.step_metrics = step
-        self.step = tf.function(step.step, input_signature=[x_spec, y_spec])
-        dummy = (tf.zeros([1, 28, 28, 1]), tf.zeros([1, 10]))
-        self.evaluator = Evaluator(model, dummy, batch_size, compiled=True)
-
-    def reset(self, index: int) -> None:
-        import keras
-
-        from helpers.training.checkpoints import seed_generator_states
-
-        weights, seed_states = self.initial_states[index]
-        self.model.set_weights(weights)
-        for variable, value in zip(seed_generator_states(self.model), seed_states):
-            variable.assign(value)
-        for variable, value in zip(self.model.optimizer.variables, self.optimizer_start):
-            variable.assign(value)
-        keras.utils.set_random_seed(index)
-
-    def train(self, index, data, images, epochs):
-        import numpy as np
-        import tensorflow as tf
-
-        from helpers.training import epoch_orders, train_fit
-
-        self.reset(index)
-        train_data, val_data = fold_data(*data, index, images)
-        timer = _step_timer()
-        if self.method == "fit":
-            train_fit(self.model, train_data, val_data, epochs=epochs,
-                      batch_size=self.batch_size, seed=index, verbose=0, callbacks=[timer])
-            return timer.durations
-        x, y = (tf.convert_to_tensor(a) for a in train_data)
-        n = len(train_data[0])
-        if "shuffle" in self.fixes:
-            orders = epoch_orders(n, epochs, index)
-            stops = range(0, n, self.batch_size)
-        else:
-            orders = np.tile(np.arange(n), (epochs, 1))
-            stops = range(0, n - n % self.batch_size, self.batch_size)
-        self.evaluator.tensors = tuple(tf.convert_to_tensor(a) for a in val_data)
-        for epoch in range(epochs):
-            self.step_metrics.reset_metrics()
-            order = tf.constant(orders[epoch], dtype=tf.int64)
-            for start in stops:
-                indices = order[start:start + self.batch_size]
-                began = time.perf_counter()
-                self.step(tf.gather(x, indices), tf.gather(y, indices))
-                timer.durations.append(time.perf_counter() - began)
-            self.step_metrics.logs()
-            self.evaluator()
-        return timer.durations
-
-
-def initial_states(models: int):
-    """What ``create_cnn(seed=i)`` starts with, for every i: (weights, SeedGenerator states).
-    Made before anything is measured; the models are then dropped and the session cleared."""
-    import gc
-
-    import keras
-
-    from helpers.model import create_cnn
-    from helpers.training.checkpoints import seed_generator_states
-
-    states = []
-    for index in range(models):
-        model = create_cnn(seed=index, compile=False)
-        states.append((model.get_weights(),
-                       [v.numpy() for v in seed_generator_states(model)]))
-    del model
-    keras.backend.clear_session()
-    gc.collect()
-    return states
 
 
 def _child_one_model(method, index, images, epochs, batch_size):
@@ -404,8 +326,13 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
     data = load_data(images)
     reused = {}
     if config["reuse"]:
-        states = initial_states(models)
-        reused = {m: ReusedModel(m, states, images, batch_size) for m in methods}
+        from helpers.training import FoldTrainer
+
+        reused = {m: FoldTrainer(m) for m in methods}
+    if config["cv"]:
+        run_cross_validation(name, methods, reused, models, images, epochs, batch_size,
+                             out_json)
+        return
     snapshots = {}
     span = (min(10, models), min(20, models))
     if config["tracemalloc"]:
@@ -423,12 +350,9 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
         if "prune_registry" in config["after"]:
             registered_before = custom_gradient_names()
         began = time.perf_counter()
-        if config["reuse"]:
-            durations = reused[method].train(index, data, images, epochs)
-        else:
-            model, history, timer = train_new_model(method, index, data, images, epochs,
-                                                    batch_size)
-            durations = timer.durations if timer else []
+        model, history, timer = train_new_model(method, index, data, images, epochs,
+                                                batch_size, reused.get(method))
+        durations = timer.durations if timer else []
         row["seconds"] = time.perf_counter() - began
         row["tracing_s"] = tracing_seconds(durations)
         if config["after"]:
@@ -457,6 +381,42 @@ def run_config(name: str, models: int, images: int, epochs: int, batch_size: int
     if config["release_steps"]:
         del model, history, timer
         write_release_steps(extra_dir / "release_steps.csv")
+    out_json.write_text(json.dumps(rows))
+
+
+def run_cross_validation(name, methods, reused, models, images, epochs, batch_size,
+                         out_json: Path) -> None:
+    """`cross_validate` of `methods` on ``models // len(methods)`` folds, the `reused` fold
+    trainers (or the helpers' training functions, a new model each); RSS read after every
+    (method, fold)."""
+    from helpers.data import load_mnist
+    from helpers.experiments.cv import cross_validate
+    from helpers.training import METHODS as TRAINERS
+
+    folds = models // len(methods)
+    x, y = load_mnist("train", subset=images * folds // (folds - 1), seed=0)
+    rows = []
+
+    def measured(method):
+        train = reused.get(method) or TRAINERS[method]
+
+        def train_and_measure(model, *args, **kwargs):
+            timer = _step_timer()
+            history = train(model, *args, callbacks=[timer], **kwargs)
+            row = {"config": name, "model": len(rows) + 1, "method": method,
+                   "rss_mib": rss_mib(), "seconds": time.perf_counter() - began[0],
+                   "tracing_s": tracing_seconds(timer.durations)}
+            row.update(live_counts())
+            rows.append(row)
+            print(f"{name} model {row['model']}/{folds * len(methods)} {method}: "
+                  f"{row['rss_mib']:.1f} MiB {row['seconds']:.2f} s", flush=True)
+            began[0] = time.perf_counter()  # the next model's build is in its seconds
+            return history
+        return train_and_measure
+
+    began = [time.perf_counter()]
+    cross_validate({m: measured(m) for m in methods}, x, y, folds=folds, epochs=epochs,
+                   batch_size=batch_size, seed=0, verbose=0)
     out_json.write_text(json.dumps(rows))
 
 
@@ -518,7 +478,21 @@ def _median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def config_warmup(name: str, warmup: int) -> int:
+    """The models left out of the slope: `warmup`, and for the cv configurations at least the
+    first fold (each method's model and first trace, made once)."""
+    config = CONFIGS[name]
+    return max(warmup, len(config["methods"])) if config["cv"] else warmup
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (/proc/loadavg)."""
+    with open("/proc/loadavg", encoding="ascii") as handle:
+        return [float(value) for value in handle.read().split()[:3]]
+
+
 def summarize(name: str, rows, warmup: int) -> dict:
+    warmup = config_warmup(name, warmup)
     measured = [r for r in rows if r["model"] > warmup]
     xs = [r["model"] for r in measured]
     slope, intercept = fit_line(xs, [r["rss_mib"] for r in measured])
@@ -594,6 +568,11 @@ def parse_args(argv=None):
     with usage_errors(parser):
         check_integer("--warmup", args.warmup, 0)
         check_integer("--models", args.models, args.warmup + 2)  # a slope needs two points
+        for name in names:  # cv: whole folds, the first one warm-up, then two at least
+            needed = max(config_warmup(name, args.warmup) + 2, 3 * len(CONFIGS[name]["methods"]))
+            if CONFIGS[name]["cv"] and args.models < needed:
+                refuse("--models", args.models, f"{name} needs at least {needed}: its first "
+                       "fold is warm-up, and a slope needs two folds after it")
         check_integer("--images", args.images, 16, 40000)
         check_integer("--epochs", args.epochs, 1)
         check_integer("--batch-size", args.batch_size, 1)
@@ -602,11 +581,14 @@ def parse_args(argv=None):
     return args
 
 
-def environment_text(args, argv, elapsed) -> str:
-    try:
-        load = open("/proc/loadavg", encoding="ascii").read().split()[:3]
-    except OSError:
-        load = ["?"]
+def environment_text(args, argv, elapsed, loads) -> str:
+    """The run's settings, versions and machine; `loads`: the 1-minute load average at the end
+    of each configuration (summary.csv's load_1min), which labels the wall times."""
+    load = load_average()
+    timing = (f"wall times (seconds, tracing_s) were MEASURED UNDER LOAD: the 1-minute load "
+              f"average reached {max(loads):.2f} (> {UNDER_LOAD}) on {os.cpu_count()} CPUs; "
+              "memory slopes are not load-sensitive" if max(loads) > UNDER_LOAD else
+              f"wall times measured with a 1-minute load average <= {UNDER_LOAD}")
     versions = {name: metadata.version(name) for name in ("tensorflow", "keras", "numpy")}
     command = "python benchmarks/memory_per_model.py " + shlex.join(argv)
     return "\n".join([
@@ -615,10 +597,12 @@ def environment_text(args, argv, elapsed) -> str:
         f"python: {platform.python_version()}",
         *(f"{name}: {version}" for name, version in versions.items()),
         f"cpu_count: {os.cpu_count()} ({platform.machine()}, {platform.system()})",
-        f"load average at the end (1, 5, 15 min): {' '.join(load)}",
-        "wall times (seconds, tracing_s) were measured under load: the machine was shared with "
-        "other jobs",
-        f"models per configuration: {args.models}; warm-up left out: {args.warmup}; images: "
+        f"load average at the end (1, 5, 15 min): {' '.join(map(str, load))}",
+        "1-minute load average at the end of each configuration: "
+        + ", ".join(f"{value:.2f}" for value in loads),
+        timing,
+        f"models per configuration: {args.models}; warm-up left out: {args.warmup} (cv "
+        "configurations: at least their first fold, summary.csv's warmup); images: "
         f"{args.images}; epochs: {args.epochs}; batch size: {args.batch_size}",
         f"total wall time: {elapsed:.0f} s",
     ]) + "\n"
@@ -639,6 +623,7 @@ def main(argv=None) -> int:
         for name in args.configs:
             rows_file = Path(scratch) / f"{name}.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--run-config", name,
+                       "--configs", name,
                        "--rows", str(rows_file), "--out", str(args.out),
                        "--models", str(args.models), "--images", str(args.images),
                        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
@@ -658,6 +643,7 @@ def main(argv=None) -> int:
             all_rows += rows
             summaries.append(summarize(name, rows, args.warmup))
             s = summaries[-1]
+            s["load_1min"] = load_average()[0]  # the configuration's last minute
             print(f"{name:<22} {s['slope_mib_per_model']:>7.2f} MiB/model  tracing "
                   f"{s['tracing_s_per_model']:.3f} s/model  {s['seconds_per_model']:.2f} s/model"
                   f"  ({time.monotonic() - began:.0f} s)", flush=True)
@@ -672,7 +658,9 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
         writer.writerows(summaries)
-    environment = environment_text(args, argv, time.monotonic() - started)
+    environment = environment_text(args, argv, time.monotonic() - started,
+                                   [s["load_1min"] for s in summaries if "load_1min" in s
+                                    and s["config"] in args.configs] or load_average()[:1])
     earlier = args.out / "environment.txt"
     if earlier.exists() and (args.out / "summary.csv").exists():
         environment = (earlier.read_text(encoding="utf-8").rstrip("\n")

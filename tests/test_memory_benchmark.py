@@ -93,25 +93,35 @@ def test_quick_run_writes_its_csvs(tmp_path):
         (summary,) = list(csv.DictReader(handle))
     assert summary["config"] == "create_only" and summary["models"] == "3"
     environment = (out / "environment.txt").read_text(encoding="utf-8")
-    assert "measured under load" in environment and "tensorflow:" in environment
+    assert "tensorflow:" in environment and "load average at the end of each" in environment
+    assert ("MEASURED UNDER LOAD" in environment) == (float(summary["load_1min"]) > 1.5)
     assert (out / bench.MARKER).exists()
 
 
-def test_reused_model_trains_like_a_fresh_one():
-    """The reuse configurations' reset (weights, Dropout seed state, optimizer state) makes the
-    one reused model train fold i exactly as a fresh ``create_cnn(seed=i)`` does."""
-    import numpy as np
+def test_all_methods_are_the_projects():
+    """cv_all's names, spelled out in the script (its parent process imports no helpers), are
+    the project's 11 methods: fit, naive, matched and the ablation's variants."""
+    from helpers.experiments.ablation import VARIANTS
 
-    from helpers.model import create_cnn
-    from helpers.training import train_matched
+    assert bench.ALL_METHODS == ("fit", "naive", "matched", *VARIANTS)
 
-    images = 96
-    data = bench.load_data(images)
-    reused = bench.ReusedModel("matched", bench.initial_states(2), images, batch_size=32)
-    for index in (0, 1):
-        reused.train(index, data, images, epochs=1)
-    fresh = create_cnn(seed=1)
-    train_data, val_data = bench.fold_data(*data, 1, images)
-    train_matched(fresh, train_data, val_data, epochs=1, batch_size=32, seed=1, verbose=0)
-    for mine, theirs in zip(reused.model.get_weights(), fresh.get_weights()):
-        np.testing.assert_array_equal(mine, theirs)
+
+def test_readme_quotes_the_committed_summary():
+    """results/memory-per-model/README.md's figures are summary.csv's."""
+    results = REPO / "results" / "memory-per-model"
+    with open(results / "summary.csv", newline="", encoding="utf-8") as handle:
+        summary = {row["config"]: row for row in csv.DictReader(handle)}
+    readme = (results / "README.md").read_text(encoding="utf-8")
+
+    def figure(config, column="slope_mib_per_model"):
+        return f"{float(summary[config][column]):.2f}"
+
+    for config in ("cv", "cv_all", "cv+fresh", "fit", "fit+reuse", "mixed+reuse",
+                   "mixed+clear_session"):
+        assert f" {figure(config)} " in readme, config
+    assert f"grows {figure('cv')} MiB per (method, fold) over {summary['cv']['models']}" in readme
+    saved = (float(summary["cv+fresh"]["tracing_s_per_model"])
+             - float(summary["cv"]["tracing_s_per_model"]))
+    assert (f"{saved:.2f} s per (method, fold) (first step minus median step, "
+            f"{figure('cv+fresh', 'tracing_s_per_model')} → "
+            f"{figure('cv', 'tracing_s_per_model')} s") in readme

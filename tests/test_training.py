@@ -371,13 +371,15 @@ def test_eager_naive_loop_matches_compiled(small_split):
 
 # --- tracing, seeds and argument checks ----------------------------------------------------------
 
-def test_matched_step_never_retraces(cnn):
-    """Across epochs, a partial last batch, and any other batch length: no new trace."""
+def test_matched_step_never_retraces(cnn, small_split):
+    """Across epochs, a partial last batch, any other batch length and other data of the same
+    shapes (another fold): no new trace."""
     result = cnn["matched", 50]
     step = result.step
     assert step.experimental_get_tracing_count() == result.tracing_count
-    step(tf.range(7, dtype=tf.int64))
-    step(tf.constant([3, 1, 4], dtype=tf.int64))
+    (x, y), (x_val, y_val) = small_split
+    step(tf.range(7, dtype=tf.int64), x, y)
+    step(tf.constant([3, 1, 4], dtype=tf.int64), x_val, y_val)
     assert step.experimental_get_tracing_count() == result.tracing_count
 
 

@@ -2,8 +2,10 @@
 
 `cross_validate` splits with scikit-learn's StratifiedKFold (shuffled, seeded), so every method
 sees the same folds; fold f's model is built with ``model_fn(seed=seed + f)`` for every method, so
-every method starts fold f from the same initial weights. It returns one tidy table, a row per
-method x fold x epoch.
+every method starts fold f from the same initial weights. Methods given by name train one model
+each, fold after fold (`helpers.training.FoldTrainer`: each fold starts from fold f's fresh
+model's state, bit for bit as that model would train), so memory stays bounded however many
+folds run in one process. It returns one tidy table, a row per method x fold x epoch.
 
 With a `results_dir` (a `helpers.experiments.store.ResultsFolder`), each finished (method, fold)
 is written at once to ``results_dir/<method>/fold_<f>.csv``; a rerun of an interrupted run reads
@@ -77,8 +79,9 @@ def cross_validate(
 ) -> pd.DataFrame:
     """Train every method on every fold; return a row per method x fold x epoch.
 
-    `methods` maps names to training functions with the `helpers.training` signature, or lists
-    names from `helpers.training.METHODS`. `settings` adds descriptions of the data (dataset,
+    `methods` maps names to training functions with the `helpers.training` signature (e.g.
+    `helpers.training.FoldTrainer`s), or lists names from `helpers.training.METHODS`, each then
+    trained by a `FoldTrainer`. `settings` adds descriptions of the data (dataset,
     subset, ...) to what `results_dir/settings.json` records and checks. `verbose`: 0 silent,
     1 one line per fold and method (its last epoch's History values, in `HISTORY_KEYS` order),
     2 also Keras-style progress bars. `first_folds`: train (or read back) only the first this many
@@ -87,12 +90,13 @@ def cross_validate(
     as soon as the folder is accepted -- before any training.
     """
     if not isinstance(methods, Mapping):
-        from helpers.training import METHODS  # here: a mapping of JAX loops loads no TensorFlow
+        # here: a mapping of JAX loops loads no TensorFlow
+        from helpers.training import METHODS, FoldTrainer
 
         unknown = [name for name in methods if name not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
-        methods = {name: METHODS[name] for name in methods}
+        methods = {name: FoldTrainer(name) for name in methods}
     splits = fold_indices(y, folds, seed)
     results = None
     if results_dir is not None:

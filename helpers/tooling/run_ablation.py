@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 from helpers.experiments import store
@@ -109,12 +108,13 @@ def main(argv=None) -> int:
     from helpers.experiments import ablation
     from helpers.experiments.cv import cross_validate_mnist
     from helpers.threads import use_threads
-    from helpers.training import ABLATION_METHODS, METHODS, ablation_variants
+    from helpers.training import ABLATION_METHODS, FoldTrainer, ablation_variants
 
     try:
         if not args.summarize_only:
             use_threads(args.threads)  # before TensorFlow's first op: its pools are made once
-            methods = {name: partial(METHODS[name], steps_per_execution=args.steps_per_execution)
+            # one model and one traced step per variant, fold after fold: bounded memory
+            methods = {name: FoldTrainer(name, steps_per_execution=args.steps_per_execution)
                        for name in args.variants or ablation_variants()}
             started = time.perf_counter()
             cross_validate_mnist(methods, folds=args.folds, epochs=args.epochs,

@@ -2,7 +2,8 @@
 step with the article's differences switchable (`step`), the article's tape loop, the matched
 loop and every loop in between, all run by one `Trainer` (`loop`), fit with its step replaced
 (`custom_step`), resumable training (`checkpoints`), training under ``tf.distribute``
-(`distributed`) and the matched loop under Keras' JAX backend (`jax_loop`).
+(`distributed`), one model trained fold after fold with bounded memory (`reuse`) and the
+matched loop under Keras' JAX backend (`jax_loop`).
 
 The names below are the ones the notebooks and experiments use. Those of the TensorFlow loops
 are loaded when first used, so that importing this package (e.g. for `HISTORY_KEYS`, or fit
@@ -21,12 +22,13 @@ from helpers.training.fit import (
     train_fit,
 )
 
-# name -> the module of this package that defines it (both import TensorFlow)
+# name -> the module of this package that defines it (each imports TensorFlow)
 _TENSORFLOW_NAMES = {
     **dict.fromkeys(("ABLATION_METHODS", "METHODS", "Trainer", "ablation_variants",
                      "tape_loop_trainer", "train_matched", "train_naive", "train_tape_loop"),
                     "loop"),
     **dict.fromkeys(("TrainStep", "matched_train_step", "tape_train_step"), "step"),
+    **dict.fromkeys(("FoldTrainer", "start_from"), "reuse"),
 }
 
 
@@ -37,8 +39,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ABLATION_METHODS", "DIFFERENCES", "DIFFERENCE_KEYS", "EpochOrders", "HISTORY_KEYS",
-    "METHODS", "TrainStep", "Trainer", "ablation_variants", "arrays_like_fit", "epoch_orders",
-    "matched_train_step", "ordered_dataset", "tape_loop_trainer", "tape_train_step",
-    "train_fit", "train_matched", "train_naive", "train_tape_loop",
+    "ABLATION_METHODS", "DIFFERENCES", "DIFFERENCE_KEYS", "EpochOrders", "FoldTrainer",
+    "HISTORY_KEYS", "METHODS", "TrainStep", "Trainer", "ablation_variants", "arrays_like_fit",
+    "epoch_orders", "matched_train_step", "ordered_dataset", "start_from", "tape_loop_trainer",
+    "tape_train_step", "train_fit", "train_matched", "train_naive", "train_tape_loop",
 ]

@@ -67,10 +67,10 @@ from helpers.training.fit import (
     train_fit,
 )
 from helpers.training.step import (
-    INDICES_SIGNATURE,
     Evaluator,
     TrainStep,
     check_reproducible,
+    indexed_signature,
     indexed_train_step,
     metric_logs,
     tape_train_step,
@@ -85,7 +85,10 @@ class Trainer:
     `steps_per_call` batches); `steps` is the number of batches an epoch; `evaluate`, if given,
     is called after every epoch and returns the ``val_*`` logs (an `Evaluator`). With `compiled`,
     ``train_function`` is ``tf.function(step.step, input_signature=..., jit_compile=...)``, made
-    here and reused by every epoch and every call of `train`; else the step itself, eager.
+    here and reused by every epoch and every call of `train`; else the step itself, eager. Given
+    `train_function` (an earlier trainer's, made from this same `step`), that one is used and
+    nothing is traced again. `traced_for` records what the function was made for
+    (`tape_loop_trainer` refuses to reuse it for anything else).
 
     - ``run_epoch(epoch)``: one epoch of training and its validation; returns the epoch's logs;
     - ``evaluate()``: one validation pass; its ``val_*`` logs (none without `evaluate`);
@@ -96,35 +99,47 @@ class Trainer:
     def __init__(self, model: keras.Model, step: TrainStep,
                  batches: Callable[[int], Iterable[tuple]], *, steps: int,
                  steps_per_call: int = 1, evaluate: Callable[[], dict] | None = None,
-                 compiled: bool = True, input_signature=None, jit_compile: bool = False):
-        self.model, self.metrics = model, step.metrics
+                 compiled: bool = True, input_signature=None, jit_compile: bool = False,
+                 train_function: Callable | None = None, traced_for: dict | None = None):
+        self.model, self.step, self.metrics = model, step, step.metrics
         self.batches, self.steps, self.steps_per_call = batches, steps, steps_per_call
         self.evaluator = evaluate
-        self.train_function = (
-            tf.function(step.step, input_signature=input_signature, jit_compile=jit_compile)
-            if compiled else step.step)
+        self.traced_for = traced_for
+        if train_function is not None:
+            self.train_function = train_function
+        elif compiled:
+            self.train_function = tf.function(step.step, input_signature=input_signature,
+                                              jit_compile=jit_compile)
+        else:
+            self.train_function = step.step
         self.callbacks: keras.callbacks.CallbackList | None = None  # set while `train` runs
 
     @classmethod
     def over_indices(cls, model: keras.Model, step: TrainStep, arrays, *, batch_size: int,
                      orders, samples_per_epoch: int, steps_per_call: int = 1,
-                     **options) -> Trainer:
-        """A trainer whose function takes index vectors and gathers its batches inside
-        (`helpers.training.step.indexed_train_step`), so that one trace serves every call, the
-        partial batch's too. `arrays` holds all samples (``(x, y)`` or ``(x, y,
+                     reuse: Trainer | None = None, **options) -> Trainer:
+        """A trainer whose function takes index vectors and the arrays they index, and gathers
+        its batches inside (`helpers.training.step.indexed_train_step`), so that one trace serves
+        every call, the partial batch's too. `arrays` holds all samples (``(x, y)`` or ``(x, y,
         sample_weight)``, tensors); epoch e trains the first `samples_per_epoch` indices of
-        ``orders[e]``, `steps_per_call` batches of `batch_size` a call. `options`: the
-        constructor's."""
+        ``orders[e]``, `steps_per_call` batches of `batch_size` a call. `reuse`: an earlier
+        trainer made here for the same model, `step`, `batch_size` and `steps_per_call`, whose
+        traced function then trains these arrays (of the same shapes and dtypes) without a new
+        trace; `step` is not used then. `options`: the constructor's."""
         indices_per_call = steps_per_call * batch_size
 
         def batches(epoch):  # this epoch's order, partial batch (if kept) last
             order = tf.constant(orders[epoch][:samples_per_epoch], dtype=tf.int64)
             for start in range(0, samples_per_epoch, indices_per_call):
-                yield (order[start:start + indices_per_call],)
+                yield (order[start:start + indices_per_call], *arrays)
 
-        return cls(model, indexed_train_step(step, arrays, batch_size, steps_per_call), batches,
-                   steps=math.ceil(samples_per_epoch / batch_size), steps_per_call=steps_per_call,
-                   input_signature=INDICES_SIGNATURE, **options)
+        if reuse is None:
+            step, train_function = indexed_train_step(step, batch_size, steps_per_call), None
+        else:
+            step, train_function = reuse.step, reuse.train_function
+        return cls(model, step, batches, steps=math.ceil(samples_per_epoch / batch_size),
+                   steps_per_call=steps_per_call, input_signature=indexed_signature(arrays),
+                   train_function=train_function, **options)
 
     def evaluate(self) -> dict[str, float]:
         """One validation pass, as fit runs it after an epoch: the ``val_*`` logs."""
@@ -202,13 +217,21 @@ class Trainer:
 def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DIFFERENCE_KEYS,
                       batch_orders=None, compiled=True, jit_compile=False,
                       steps_per_execution=1, sample_weight=None, class_weight=None,
-                      validation_split=0.0, make_step=None) -> Trainer:
+                      validation_split=0.0, make_step=None, reuse=None) -> Trainer:
     """The loop `train_tape_loop` runs, built but not run: a `Trainer` whose step, data and
     validation are those of these arguments (see `train_tape_loop`; the default `fixes` are all
     of them: `train_matched`'s loop), for any number of epochs (``trainer.train(epochs)``; epoch
     e trains on ``batch_orders[e]``, or on ``epoch_orders(N, epochs, seed)[e]``). Its
     ``train_function`` is the one ``tf.function`` every epoch calls, e.g. to count its traces;
-    `jit_compile` compiles it with XLA."""
+    `jit_compile` compiles it with XLA.
+
+    `reuse`: a trainer this function made earlier for the same model and the same options
+    (fixes, batch size, steps_per_execution, sample weights or none, compiled, jit_compile,
+    make_step); its traced training and validation functions then serve this data, of the same
+    shapes and dtypes, without tracing again, and its evaluator validates on `val_data` from
+    now on. Anything else is refused with a ValueError. Cross-validation trains every fold so
+    (helpers.training.reuse); a new trace per fold would keep its graph for good (results/
+    memory-per-model)."""
     unknown = set(fixes) - set(DIFFERENCE_KEYS)
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; known: {list(DIFFERENCE_KEYS)}")
@@ -225,16 +248,40 @@ def tape_loop_trainer(model, train_data, val_data, *, batch_size, seed, fixes=DI
     if make_step is not None and sample_weight is not None:
         raise NotImplementedError("make_step does not take sample weights (sample_weight, "
                                   "class_weight)")
-    step = (make_step(model, x, y) if make_step is not None else
-            tape_train_step(model, x, y, dropout="dropout" in fixes,
-                            mean_loss="mean_loss" in fixes, sample_weight=sample_weight))
+    traced_for = {"model": model, "fixes": tuple(fixes), "batch_size": batch_size,
+                  "steps_per_execution": steps_per_execution,
+                  "sample_weight": sample_weight is not None, "compiled": compiled,
+                  "jit_compile": jit_compile, "make_step": make_step}
+    if reuse is None:
+        step = (make_step(model, x, y) if make_step is not None else
+                tape_train_step(model, x, y, dropout="dropout" in fixes,
+                                mean_loss="mean_loss" in fixes, sample_weight=sample_weight))
+        evaluate = None if val_data is None else Evaluator(model, val_data, batch_size, compiled)
+    else:
+        _check_reusable(reuse, traced_for)
+        step, evaluate = None, reuse.evaluator
+        if val_data is None:
+            evaluate = None  # no validation: no val_* logs, as in fit
+        elif evaluate is None:
+            evaluate = Evaluator(model, val_data, batch_size, compiled)
+        else:
+            evaluate.validate_on(val_data)
     return Trainer.over_indices(
         model, step, tuple(tf.convert_to_tensor(a) for a in (x, y, sample_weight)
                            if a is not None),
         batch_size=batch_size, orders=orders, samples_per_epoch=samples_per_epoch,
         steps_per_call=steps_per_execution, compiled=compiled, jit_compile=jit_compile,
-        evaluate=None if val_data is None  # no validation: no val_* logs, as in fit
-        else Evaluator(model, val_data, batch_size, compiled))
+        evaluate=evaluate, reuse=reuse, traced_for=traced_for)
+
+
+def _check_reusable(reuse: Trainer, traced_for: dict) -> None:
+    """Refuse, naming them, the options in which `reuse` was traced for something else."""
+    earlier = reuse.traced_for or {}
+    differing = [key for key, value in traced_for.items()
+                 if key not in earlier or earlier[key] != value]
+    if differing:
+        raise ValueError("reuse= takes a trainer tape_loop_trainer made for the same model and "
+                         f"options; this one differs in: {', '.join(differing)}")
 
 
 def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fixes,

@@ -4,7 +4,7 @@ validation step; the checks that refuse what a step cannot reproduce.
 - `tape_train_step`: the one GradientTape step (`matched_train_step` is fit's, all switches on;
   none on is the article's), returned as a `TrainStep` with the History metrics it updates;
 - `indexed_train_step`: a step that gathers its batch (or `steps_per_execution` batches) from
-  index vectors, so that one trace serves every batch;
+  index vectors, so that one trace serves every batch (`indexed_signature`);
 - `Evaluator`: validation as fit runs it after each epoch;
 - `check_reproducible`: what the tape loop refuses, by name, rather than train differently.
 
@@ -239,25 +239,31 @@ def matched_train_step(model: keras.Model, x, y, sample_weight=None) -> TrainSte
     return tape_train_step(model, x, y, dropout=True, mean_loss=True, sample_weight=sample_weight)
 
 
-INDICES_SIGNATURE = (tf.TensorSpec([None], tf.int64),)
+def indexed_signature(arrays) -> tuple[tf.TensorSpec, ...]:
+    """The input signature of an `indexed_train_step`'s function for `arrays`: an int64 index
+    vector of unknown length, then each array with its first (sample) dimension unknown."""
+    return (tf.TensorSpec([None], tf.int64),
+            *(tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in arrays))
 
 
-def indexed_train_step(step: TrainStep, arrays, batch_size: int,
+def indexed_train_step(step: TrainStep, batch_size: int,
                        steps_per_execution: int = 1) -> TrainStep:
-    """`step` taking sample *indices*: it gathers its batch from the tensors `arrays` (``(x, y)``
-    or ``(x, y, sample_weight)``, all samples), so every batch, the partial one too, is an int64
-    vector of unknown length (`INDICES_SIGNATURE`) and one ``tf.function`` trace serves them
-    all. With `steps_per_execution` > 1 it takes the indices of that many consecutive batches and
-    trains them one after another in a loop (a graph ``while`` loop under tf.function)."""
-    def gathered_step(indices):
+    """`step` taking sample *indices* and the tensors they index: ``step(indices, x, y[,
+    sample_weight])`` gathers its batch from `x`, `y` (all samples). Every batch, the partial one
+    too, is then an int64 vector of unknown length (`indexed_signature`) and one ``tf.function``
+    trace serves them all; the data being arguments, not captured, the same trace also serves
+    other data of the same shapes (cross-validation's folds, helpers.training.reuse). With
+    `steps_per_execution` > 1 it takes the indices of that many consecutive batches and trains
+    them one after another in a loop (a graph ``while`` loop under tf.function)."""
+    def gathered_step(indices, *arrays):
         step.step(*(tf.gather(a, indices) for a in arrays))
 
     if steps_per_execution == 1:
         return TrainStep(gathered_step, step.metrics)
 
-    def grouped_step(indices):
+    def grouped_step(indices, *arrays):
         for start in tf.range(0, tf.size(indices, out_type=tf.int64), batch_size):
-            gathered_step(indices[start:start + batch_size])
+            gathered_step(indices[start:start + batch_size], *arrays)
     return TrainStep(grouped_step, step.metrics)
 
 
@@ -269,17 +275,23 @@ class Evaluator:
     metrics through ``compute_metrics`` with the validation sample weights if given; logs
     prefixed ``val_`` (as ``TensorFlowTrainer.fit`` prefixes ``evaluate``'s). `test_step` is
     that step, also per replica under a strategy (helpers.training.distributed runs it there
-    with its own `run_steps`). Calling the evaluator runs one validation pass."""
+    with its own `run_steps`). Calling the evaluator runs one validation pass; `validate_on`
+    points it at other data."""
 
     def __init__(self, model, val_data, batch_size, compiled):
         self.model, self.batch_size = model, batch_size
-        # x, y and the sample weights, if any (fit also takes (x, y, None))
-        self.tensors = tuple(tf.convert_to_tensor(a) for a in val_data if a is not None)
+        self.validate_on(val_data)
         self.metrics = tuple(model.metrics)
         # Batch dimension None: the partial last batch reuses the one trace.
         signature = [tf.TensorSpec([None, *t.shape[1:]], t.dtype) for t in self.tensors]
         self.step = (tf.function(self.test_step, input_signature=signature) if compiled
                      else self.test_step)
+
+    def validate_on(self, val_data) -> None:
+        """Validate on `val_data` from now on: x, y and the sample weights, if any (fit also
+        takes ``(x, y, None)``). The compiled step is kept (cross-validation's folds,
+        helpers.training.reuse); its input signature refuses other shapes or dtypes."""
+        self.tensors = tuple(tf.convert_to_tensor(a) for a in val_data if a is not None)
 
     def test_step(self, x, y, sample_weight=None):
         y_pred = self.model(x, training=False)
