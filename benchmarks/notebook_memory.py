@@ -8,7 +8,7 @@ process. Two figures per notebook:
 - kernel peak: the largest resident set any single process reached (the kernel, in practice),
   from the kernel's own accounting (`ru_maxrss` of the papermill process and the children it
   waited for, via os.wait4), so no short peak is missed;
-- total peak: the memory of papermill, the kernel and every process they start (notebook 08's
+- total peak: the memory of papermill, the kernel and every process they start (appendix A3's
   workers): their private memory plus TensorFlow's shared library pages counted once
   (`tree_memory_kb`), sampled every 0.2 s from /proc (a short peak between samples can be
   missed). Binder limits the whole pod, which also holds the Jupyter server (about 0.1 GB), to

@@ -19,7 +19,7 @@ class Difference(NamedTuple):
     article: str  # what the article's loop does instead
 
 
-# The canonical list: the README and notebooks 02-05 read their count and names from it.
+# The canonical list: the README and notebooks 02–04 read their count and names from it.
 DIFFERENCES = (
     Difference("dropout", "Dropout in training",
                "calls the model with training=True, so Dropout drops half the units of each "

@@ -12,9 +12,9 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.tooling.notebook_index import REPOSITORY
+from helpers.tooling.notebook_index import REPOSITORY, notebook_paths
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+NOTEBOOKS = notebook_paths(Path(__file__).resolve().parent.parent)
 
 pytestmark = pytest.mark.versionless
 
@@ -24,7 +24,7 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks/0*.ipynb: every test below would be skipped"
+    assert NOTEBOOKS, "no notebooks: every test below would be skipped"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

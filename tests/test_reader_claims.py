@@ -62,12 +62,12 @@ def test_fit_traces_its_step_once_with_a_partial_batch(mnist_small):
 
 @pytest.mark.versionless
 def test_notebook_02_lists_the_differences_in_order():
-    text = _markdown("02_naive_tape_loop.ipynb")
+    text = _markdown("02_article_loop_vs_fit.ipynb")
     section = text.split("## The loop as the article wrote it", 1)[1].split("\n## ", 1)[0]
     items = re.findall(r"^\d+\. \*\*(.+?)\*\*", section, re.MULTILINE)
     assert len(items) == len(DIFFERENCES), items
     assert f"{NUMBER_WORDS[len(DIFFERENCES)].capitalize()} things in it differ" in section
-    code = "\n".join(c.source for c in _notebook("02_naive_tape_loop.ipynb").cells
+    code = "\n".join(c.source for c in _notebook("02_article_loop_vs_fit.ipynb").cells
                      if c.cell_type == "code")
     assert "pd.DataFrame(DIFFERENCES)" in code
 
@@ -90,6 +90,6 @@ def test_readme_and_notebook_04_agree_with_the_differences():
     assert f"names the {count}\ndifferences" in intro or f"names the {count} differences" in intro
     for difference in DIFFERENCES:
         assert difference.name.split()[0].lower() in intro.lower(), difference.name
-    conclusions = _markdown("04_cv_comparison.ipynb").split("## Conclusions", 1)[1]
+    conclusions = _markdown("02_article_loop_vs_fit.ipynb").split("## Conclusions", 1)[1]
     assert f"the {count} differences of `helpers.training.DIFFERENCES`" in conclusions
     assert "History is not\n  one of them" in conclusions or "History is not one" in conclusions

@@ -4,7 +4,7 @@ Every notebook passes its parameters cell through `validate_parameters` right af
 ``papermill -p`` value stops the run at once with a `ParameterError` (a ValueError) that names the
 parameter, the value and what is allowed -- before anything is trained or written. The checkers it
 is made of (`check_integer`, `check_number`, `check_project_folder`, `check_results_folder`) serve
-the command lines and notebooks 05 and 08 as well. Importing this module loads no framework.
+the command lines and notebook 04 and appendix A3 as well. Importing this module loads no framework.
 
 Setting the environment variable ``TAPE_VS_FIT_SMOKE=1`` shrinks folds, epochs and subset to a
 seconds-long configuration; the test suite uses it to execute every notebook quickly (nbval runs
@@ -187,7 +187,7 @@ def validate_parameters(
 
 def validate_ablation_parameters(*, ablation_folds: int, folds: int, full_scale_dir,
                                  baseline_dir) -> dict:
-    """Notebook 05's own parameters: `ablation_folds` from 1 to `folds` (the validated count);
+    """Notebook 04's own parameters: `ablation_folds` from 1 to `folds` (the validated count);
     `full_scale_dir` and `baseline_dir` results folders the project made. Returns them, the
     folders as Paths."""
     return {

@@ -4,9 +4,12 @@ of every notebook's Setup cell in step with `REPOSITORY`.
     python -m helpers.tooling.notebook_index          # rewrite index, badges and install blocks
     python -m helpers.tooling.notebook_index --check  # exit 1 listing what is stale; no writes
 
-For each ``notebooks/0*.ipynb`` (in name order) the title is the ``# `` heading of the notebook's
-first markdown cell and the description is the first sentence of the paragraph after it. The
-README's table goes between ``<!-- notebook-index:start -->`` and ``<!-- notebook-index:end -->``;
+The notebooks are the main sequence, ``notebooks/01_*.ipynb``, ``02_*``, ... read in order, then the
+appendices, ``notebooks/A1_*.ipynb``, ``A2_*``, ... (`notebook_paths`: that order). For each, the
+title is the ``# `` heading of the notebook's first markdown cell (an appendix's starts with
+"Appendix A1 · ") and the description is the first sentence of the paragraph after it. The
+README's index -- a table of the main sequence, then one of the appendices under "Appendices" --
+goes between ``<!-- notebook-index:start -->`` and ``<!-- notebook-index:end -->``;
 each notebook gets one badge line (starting with ``[![Open In Colab]``) right under its title.
 The first code cell (the Setup cell) gets the block `install_block` between `INSTALL_START` and
 `INSTALL_END`, replacing the previous block or the older two-line Colab install
@@ -31,7 +34,10 @@ REPOSITORY = "tape-vs-fit/tape-vs-fit"
 BRANCH = "main"
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-NOTEBOOK_GLOB = "0*.ipynb"
+# The main sequence (01_fit_baseline.ipynb, ...) sorts before the appendices (A1_fit_options.ipynb, ...).
+MAIN_GLOB = "[0-9][0-9]_*.ipynb"
+APPENDIX_GLOB = "A[0-9]*_*.ipynb"
+APPENDIX_TITLE = re.compile(r"^Appendix (A\d+) · ")
 START = "<!-- notebook-index:start -->"
 END = "<!-- notebook-index:end -->"
 BADGE_PREFIX = "[![Open In Colab]"
@@ -77,8 +83,18 @@ class NotebookInfo:
         return self.path.name
 
 
+def notebooks_in(folder: Path) -> list[Path]:
+    """The folder's main-sequence notebooks in order, then its appendices in order."""
+    folder = Path(folder)
+    return sorted(folder.glob(MAIN_GLOB)) + sorted(folder.glob(APPENDIX_GLOB))
+
+
 def notebook_paths(root: Path = ROOT) -> list[Path]:
-    return sorted((Path(root) / "notebooks").glob(NOTEBOOK_GLOB))
+    return notebooks_in(Path(root) / "notebooks")
+
+
+def is_appendix(path: Path) -> bool:
+    return Path(path).name.startswith("A")
 
 
 def _first_markdown_cell(notebook, path: Path):
@@ -131,10 +147,11 @@ def read_info(path: Path) -> NotebookInfo:
     notebook = nbformat.read(path, as_version=4)
     lines = _first_markdown_cell(notebook, path).source.splitlines()
     title_at = _title_index(lines, path)
-    number = re.match(r"\d*[a-z]?", path.stem).group(0)  # "01", or "06a" for an appendix
+    number = path.stem.split("_", 1)[0]  # "01", or "A1" for an appendix
     title = lines[title_at][2:].strip()
-    if number:  # "01 · The fit() baseline" -> "The fit() baseline": the table has a # column
-        title = re.sub(rf"^0*{number.lstrip('0')}\s*[·.:\-–—]\s*", "", title) or title
+    # "01 · The fit() baseline" or "Appendix A1 · Fit's options" -> the title alone: the table
+    # has a # column
+    title = re.sub(rf"^(Appendix )?0*{number.lstrip('0')}\s*[·.:\-–—]\s*", "", title) or title
     return NotebookInfo(
         path=path,
         number=number,
@@ -143,9 +160,7 @@ def read_info(path: Path) -> NotebookInfo:
     )
 
 
-def render_table(infos: list[NotebookInfo]) -> str:
-    if not infos:
-        return "_No notebooks in notebooks/ yet._"
+def _table(infos: list[NotebookInfo]) -> list[str]:
     rows = [
         "| # | Notebook | What it shows | Colab | Binder |",
         "|---|---|---|---|---|",
@@ -155,6 +170,19 @@ def render_table(infos: list[NotebookInfo]) -> str:
             f"| {info.number} | [{info.title}](notebooks/{info.name}) | {info.description} "
             f"| {colab_badge(info.name)} | {binder_badge(info.name)} |"
         )
+    return rows
+
+
+def render_table(infos: list[NotebookInfo]) -> str:
+    """The main sequence's table, then the appendices' under their own heading."""
+    if not infos:
+        return "_No notebooks in notebooks/ yet._"
+    main = [info for info in infos if not is_appendix(info.path)]
+    appendices = [info for info in infos if is_appendix(info.path)]
+    rows = _table(main) if main else []
+    if appendices:
+        rows += ([""] if rows else []) + [
+            "**Appendices**, read in any order after the main sequence:", ""] + _table(appendices)
     return "\n".join(rows)
 
 

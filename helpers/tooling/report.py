@@ -7,8 +7,8 @@ The first rewrites what is out of date; ``--check`` writes nothing and exits 1 i
 stale.
 
 The full-scale block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; every
-number in it comes from the folder's table.csv (written by notebook 04), through the same summary
-and tests the notebook prints. With ``--ablation``, the one-fix-at-a-time results (notebook 05)
+number in it comes from the folder's table.csv (written by notebook 02), through the same summary
+and tests the notebook prints. With ``--ablation``, the one-fix-at-a-time results (notebook 04)
 fill ``<!-- ablation:start -->`` ... ``<!-- ablation:end -->``, and the answer sentence computed
 from them fills ``<!-- answer:start -->`` ... ``<!-- answer:end -->`` in the README and in the
 first cell of notebook 02 (``<!-- ablation-answer:start -->`` ... ``<!-- ablation-answer:end -->``).
@@ -37,7 +37,7 @@ ANSWER_MARKERS = ("<!-- answer:start -->", "<!-- answer:end -->")
 NOTEBOOK_MARKERS = ("<!-- ablation-answer:start -->", "<!-- ablation-answer:end -->")
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = ROOT / "README.md"
-NOTEBOOK_02 = ROOT / "notebooks" / "02_naive_tape_loop.ipynb"
+NOTEBOOK_02 = ROOT / "notebooks" / "02_article_loop_vs_fit.ipynb"
 
 
 def results_markdown(results_path: Path, relative_to: Path) -> str:
@@ -154,7 +154,7 @@ def _update_notebook_answer(path: Path, answer: str) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="results folder written by notebook 04")
+    parser.add_argument("results", type=Path, help="results folder written by notebook 02")
     parser.add_argument("--ablation", type=Path, default=None,
                         help="results folder of python -m helpers.tooling.run_ablation "
                              "(same settings)")
@@ -174,13 +174,13 @@ def main(argv=None) -> int:
         figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
                                  args.readme.parent.resolve())
         readme_answer = (f"{answer} See [the figure]({figure}) and "
-                         "[notebook 05](notebooks/05_which_difference.ipynb).")
+                         "[notebook 04](notebooks/04_which_difference.ipynb).")
         files[args.readme] = (current, replace_block(updated, readme_answer, ANSWER_MARKERS))
         notebook_figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
                                           args.notebook.resolve().parent)
         files[args.notebook] = _update_notebook_answer(
             args.notebook, f"{answer} See [the figure]({notebook_figure}) and "
-                           "[notebook 05](05_which_difference.ipynb).")
+                           "[notebook 04](04_which_difference.ipynb).")
     stale = [path for path, (old, new) in files.items() if old != new]
     if args.check:
         for path in stale:
