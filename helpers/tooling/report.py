@@ -1,7 +1,8 @@
 """The README's results sections and notebook 02's answer, generated from committed results.
 
-    python -m helpers.tooling.report results/full-scale --ablation results/ablation
-    python -m helpers.tooling.report results/full-scale --ablation results/ablation --check
+    python -m helpers.tooling.report results/full-scale --ablation results/ablation \
+        --held-out results/held-out-test
+    python -m helpers.tooling.report ... --check
 
 The first rewrites what is out of date; ``--check`` writes nothing and exits 1 if anything is
 stale.
@@ -9,9 +10,12 @@ stale.
 The full-scale block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; every
 number in it comes from the folder's table.csv (written by notebook 02), through the same summary
 and tests the notebook prints. With ``--ablation``, the one-fix-at-a-time results (notebook 04)
-fill ``<!-- ablation:start -->`` ... ``<!-- ablation:end -->``, and the answer sentence computed
-from them fills ``<!-- answer:start -->`` ... ``<!-- answer:end -->`` in the README and in the
-first cell of notebook 02 (``<!-- ablation-answer:start -->`` ... ``<!-- ablation-answer:end -->``).
+fill ``<!-- ablation:start -->`` ... ``<!-- ablation:end -->``; the answer in plain words
+(`ablation.plain_answer`) fills ``<!-- plain-answer:start -->`` ... ``<!-- plain-answer:end -->``
+and the answer's statistics (`ablation.answer_sentence`) ``<!-- answer:start -->`` ...
+``<!-- answer:end -->``, in the README and in the first cell of notebook 02 (there
+``<!-- ablation-answer:start -->`` ... ``<!-- ablation-answer:end -->``). With ``--held-out``, the
+held-out test scores fill ``<!-- held-out:start -->`` ... ``<!-- held-out:end -->``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
 ANSWER_MARKERS = ("<!-- answer:start -->", "<!-- answer:end -->")
 NOTEBOOK_MARKERS = ("<!-- ablation-answer:start -->", "<!-- ablation-answer:end -->")
+PLAIN_MARKERS = ("<!-- plain-answer:start -->", "<!-- plain-answer:end -->")
+HELD_OUT_MARKERS = ("<!-- held-out:start -->", "<!-- held-out:end -->")
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = ROOT / "README.md"
 NOTEBOOK_02 = ROOT / "notebooks" / "02_article_loop_vs_fit.ipynb"
@@ -48,13 +54,13 @@ def results_markdown(results_path: Path, relative_to: Path) -> str:
     summary = summarize(table)
     folder = results_path.resolve().relative_to(relative_to.resolve()).as_posix()
     lines = [
-        f"![Learning curves, mean ± std over folds]({folder}/curves.png)",
-        "",
         f"{settings['folds']}-fold stratified CV on the {settings['samples']:,} MNIST training "
         f"images, {settings['epochs']} epochs, batch size {settings['batch_size']}, seed "
         f"{settings['seed']}; TensorFlow {info['tensorflow']}, Keras {info['keras']}, "
         f"{info['cpu_count']} CPU cores ({info['machine']}); training time summed over all runs "
-        f"{info['training_seconds_all_folds'] / 3600:.1f} h. Mean ± std over folds:",
+        f"{info['training_seconds_all_folds'] / 3600:.1f} h; learning curves: "
+        f"[{folder}/curves.png]({folder}/curves.png), the figure at the top. Mean ± std over "
+        "folds:",
         "",
         "| method | final val loss | final val accuracy | best val loss | epoch of best "
         "| val loss rise after best | s / epoch |",
@@ -144,10 +150,32 @@ def ablation_markdown(effect_table: pd.DataFrame, ablation_path: Path, relative_
     return "\n".join(lines)
 
 
-def _update_notebook_answer(path: Path, answer: str) -> tuple[str, str]:
-    """(current text, updated text) of the notebook with its answer block replaced."""
+def held_out_markdown(held_out_path: Path, relative_to: Path) -> str:
+    """Markdown for the held-out test: the settings and each method's test loss and accuracy."""
+    scores = pd.read_csv(held_out_path / "test_scores.csv", index_col="method")
+    settings = json.loads((held_out_path / "settings.json").read_text())
+    folder = held_out_path.resolve().relative_to(relative_to.resolve()).as_posix()
+    lines = [
+        f"Each method trained once on all {settings['samples']:,} training images "
+        f"({settings['epochs']} epochs, batch size {settings['batch_size']}, seed "
+        f"{settings['seed']}, the same initial weights) and tested on MNIST's "
+        f"{settings['test_samples']:,} test images, which no cross-validation touched; nothing "
+        "is chosen with them, the last epoch is the result:",
+        "",
+        "| method | test loss | test accuracy |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {METHOD_LABELS.get(method, method)} | {row.test_loss:.4f} "
+              f"| {row.test_accuracy:.4f} |" for method, row in scores.iterrows()]
+    lines += ["", f"Per epoch, machine and wall time: [`{folder}/`]({folder}/)."]
+    return "\n".join(lines)
+
+
+def _update_notebook_answer(path: Path, plain: str, answer: str) -> tuple[str, str]:
+    """(current text, updated text) of the notebook with its two answer blocks replaced."""
     notebook = nbformat.read(path, as_version=4)
     cell = notebook.cells[0]
+    cell.source = replace_block(cell.source, plain, PLAIN_MARKERS, where=path.name)
     cell.source = replace_block(cell.source, answer, NOTEBOOK_MARKERS, where=path.name)
     return path.read_text(), nbformat.writes(notebook) + "\n"
 
@@ -161,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK_02,
                         help="notebook whose first cell gets the answer (with --ablation)")
+    parser.add_argument("--held-out", type=Path, default=None,
+                        help="results folder of python -m helpers.tooling.run_heldout")
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
     current = args.readme.read_text()
@@ -175,18 +205,25 @@ def main(argv=None) -> int:
                                  args.readme.parent.resolve())
         readme_answer = (f"{answer} See [the figure]({figure}) and "
                          "[notebook 04](notebooks/04_which_difference.ipynb).")
-        files[args.readme] = (current, replace_block(updated, readme_answer, ANSWER_MARKERS))
+        plain = ablation.plain_answer(effect_table)
+        updated = replace_block(updated, plain, PLAIN_MARKERS)
         notebook_figure = os.path.relpath(args.ablation.resolve() / "gap_closed.png",
                                           args.notebook.resolve().parent)
         files[args.notebook] = _update_notebook_answer(
-            args.notebook, f"{answer} See [the figure]({notebook_figure}) and "
-                           "[notebook 04](04_which_difference.ipynb).")
+            args.notebook, plain, f"{answer} See [the figure]({notebook_figure}) and "
+                                  "[notebook 04](04_which_difference.ipynb).")
+        updated = replace_block(updated, readme_answer, ANSWER_MARKERS)
+    if args.held_out is not None:
+        updated = replace_block(updated, held_out_markdown(args.held_out, args.readme.parent),
+                                HELD_OUT_MARKERS)
+    files[args.readme] = (current, updated)
     stale = [path for path, (old, new) in files.items() if old != new]
     if args.check:
         for path in stale:
             print(f"{path}: generated results are out of date; run python -m "
                   f"helpers.tooling.report {args.results}"
-                  + (f" --ablation {args.ablation}" if args.ablation else ""))
+                  + (f" --ablation {args.ablation}" if args.ablation else "")
+                  + (f" --held-out {args.held_out}" if args.held_out else ""))
         return 1 if stale else 0
     for path in stale:
         path.write_text(files[path][1])
