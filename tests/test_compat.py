@@ -119,7 +119,7 @@ def test_train_validation_split_takes_the_last_fraction_unshuffled():
 @pytest.mark.parametrize("samples, batch_dimension", [(200, None), (192, 64)])
 def test_fit_data_adapter_is_the_one_fit_uses(samples, batch_dimension):
     """fit picks this adapter for arrays; its batches have an unknown batch dimension only when
-    there is a partial batch (notebook 06)."""
+    there is a partial batch (notebook 05, speed)."""
     from keras.src.trainers.data_adapters import get_data_adapter
 
     x, y = data(samples)

@@ -29,7 +29,7 @@ def _markdown(name):
 
 def test_fit_traces_its_step_once_with_a_partial_batch(mnist_small):
     """100 samples at batch 64: a full and a partial batch. fit's data adapter gives the batch
-    dimension None, so the partial batch costs fit no extra trace (notebook 06's claim)."""
+    dimension None, so the partial batch costs fit no extra trace (the speed notebook's claim)."""
     from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
     x, y = mnist_small[0][:128], mnist_small[1][:128]

@@ -136,3 +136,12 @@ def test_notebook_02_shows_the_article_loop_overfitting_and_fit_not():
     assert measured["val loss rise after the best epoch"] < 0.05, measured
     assert ("The article's loop overfits: True · fit overfits: False · the paired tests of the "
             "final val loss and of its rise separate them (p < 0.05): True") in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_hold_no_progress_bar_debris(path):
+    """No animated progress bar stored as chunks (bar characters, backspaces, carriage returns)
+    and no line per fold read back from an earlier run."""
+    text = _stored_text(path.name)
+    assert not re.search("[━\b\r]", text), f"{path.name}: progress-bar debris in its outputs"
+    assert text.count("finished earlier, read") <= 1, f"{path.name}: a read-back line per fold"

@@ -1,6 +1,6 @@
 """Training throughput of fit() and of GradientTape loops, measured fairly.
 
-Used by ``benchmarks/throughput.py`` and notebook 06; nothing here is copied into either.
+Used by ``benchmarks/throughput.py`` and notebook 05 (speed); nothing here is copied into either.
 
 What is measured: training only (no validation), in samples per second, per epoch. Every method
 trains its own copy of the article's CNN (``create_cnn(seed)``: the same initial weights), and the

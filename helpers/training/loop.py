@@ -284,7 +284,7 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
 
     `steps_per_execution` > 1 is fit's option of the same name (``compile(steps_per_execution=
     ...)``): each call of the compiled function trains that many batches in a graph loop, so
-    Python and the function call are paid once per group instead of once per batch (notebook 06
+    Python and the function call are paid once per group instead of once per batch (notebook 05
     measures what that saves). The batches, their order and the arithmetic are the same, and so
     are History and weights (tests/test_training.py); the progress bar moves once per group.
 
