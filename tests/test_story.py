@@ -106,6 +106,29 @@ def test_cross_validating_notebooks_share_the_quick_preset(name):
     assert {key: defaults[key] for key in QUICK_CV} == QUICK_CV
 
 
+def test_readme_and_02_open_with_the_answer_generated_from_the_committed_results():
+    """The plain answer opens the README (after its title) and notebook 02 (after its first
+    sentence); it, the statistics after it and the held-out scores are current."""
+    from helpers.tooling import report
+
+    assert report.main(["results/full-scale", "--ablation", "results/ablation", "--held-out",
+                        "results/held-out-test", "--check"]) == 0, (
+        "stale: python -m helpers.tooling.report results/full-scale --ablation results/ablation "
+        "--held-out results/held-out-test")
+    start, end = report.PLAIN_MARKERS
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.split("\n\n", 2)[1].startswith(start)
+    plain = readme.split(start)[1].split(end)[0]
+    assert "without `training=True`, so Dropout never ran" in plain
+    first_cell = nbformat.read(ROOT / "notebooks/02_article_loop_vs_fit.ipynb",
+                               as_version=4).cells[0].source
+    assert f"{start}{plain}{end}" in first_cell
+    for text in (readme, first_cell):  # the figure right after the answer
+        after = text.split(end, 1)[1][:400]
+        assert "results/full-scale/curves.png)" in after
+    assert "| article's tape loop |" in readme.split(report.HELD_OUT_MARKERS[0])[1]
+
+
 def _stored_text(name: str) -> str:
     cells = nbformat.read(ROOT / "notebooks" / name, as_version=4).cells
     return "".join(output.get("text", "") for cell in cells if cell.cell_type == "code"

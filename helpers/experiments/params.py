@@ -4,7 +4,7 @@ Every notebook passes its parameters cell through `validate_parameters` right af
 ``papermill -p`` value stops the run at once with a `ParameterError` (a ValueError) that names the
 parameter, the value and what is allowed -- before anything is trained or written. The checkers it
 is made of (`check_integer`, `check_number`, `check_project_folder`, `check_results_folder`) serve
-the command lines and notebook 04 and appendix A3 as well. Importing this module loads no framework.
+the command lines, notebook 04 and appendix A3 as well. Importing this module loads no framework.
 
 Setting the environment variable ``TAPE_VS_FIT_SMOKE=1`` shrinks folds, epochs and subset to a
 seconds-long configuration; the test suite uses it to execute every notebook quickly (nbval runs

@@ -41,9 +41,9 @@ def plot_cv_curves(table: pd.DataFrame, title: str | None = None,
     """Loss and accuracy per epoch, training and validation in separate panels, mean +- std over
     folds -- the article's Figure 4, made readable: one colour and one line style per method, fit's
     wide and pale under the others (so curves that coincide, like fit's and the matched loop's,
-    stay visible), loss on a log scale
-    (epoch 1 would otherwise flatten the rest), each method's best epoch (lowest mean validation
-    loss) marked, the legend below the panels. Saved to `path` if given."""
+    stay visible), loss on a log scale (epoch 1 would otherwise flatten the rest), each method's
+    best epoch (lowest mean validation loss) marked, the legend below the panels. Saved to `path`
+    if given."""
     figure, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
     folds = table["fold"].nunique()
     best = best_epochs(table)

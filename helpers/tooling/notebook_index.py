@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # The main sequence (01_fit_baseline.ipynb, ...), then the appendices (A1_fit_options.ipynb, ...).
 MAIN_GLOB = "[0-9][0-9]_*.ipynb"
 APPENDIX_GLOB = "A[0-9]*_*.ipynb"
-APPENDIX_TITLE = re.compile(r"^Appendix (A\d+) · ")
 START = "<!-- notebook-index:start -->"
 END = "<!-- notebook-index:end -->"
 BADGE_PREFIX = "[![Open In Colab]"

@@ -31,7 +31,7 @@ import pandas as pd
 
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (first: no TensorFlow start-up lines)
 from helpers.experiments import ablation
-from helpers.experiments.compare import paired_comparison, summarize, verdict
+from helpers.experiments.compare import RISE, paired_comparison, summarize, verdict
 from helpers.experiments.plots import METHOD_LABELS
 from helpers.training import ABLATION_METHODS
 
@@ -47,7 +47,8 @@ NOTEBOOK_02 = ROOT / "notebooks" / "02_article_loop_vs_fit.ipynb"
 
 
 def results_markdown(results_path: Path, relative_to: Path) -> str:
-    """Markdown for the results folder: figure, settings, summary table, test verdicts."""
+    """Markdown for the results folder: settings, the figure's link, summary table, paired
+    tests of the final val loss and accuracy and of the val-loss rise."""
     table = pd.read_csv(results_path / "table.csv")
     settings = json.loads((results_path / "settings.json").read_text())
     info = json.loads((results_path / "run_info.json").read_text())
@@ -81,7 +82,7 @@ def results_markdown(results_path: Path, relative_to: Path) -> str:
     methods = list(summary.index)
     for a, b in (("naive", "fit"), ("matched", "fit")):
         if a in methods and b in methods:
-            for column in ("val_loss", "val_accuracy"):
+            for column in ("val_loss", "val_accuracy", RISE):
                 lines.append(f"- {verdict(paired_comparison(table, a, b, column), METHOD_LABELS)}")
     lines.append("")
     lines.append(f"Tidy table, summary, tests and machine: [`{folder}/`]({folder}/).")
