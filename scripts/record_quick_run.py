@@ -24,7 +24,7 @@ import pandas as pd
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (before TensorFlow: no start-up log lines)
 
 # isort: split
-from helpers.experiments.cv import run_info
+from helpers.experiments.store import run_info
 from helpers.tooling.notebook_index import notebooks_in
 
 
