@@ -1,6 +1,6 @@
 """Peak memory of each notebook run at its default parameters, against Binder's 2 GB.
 
-    .venv/bin/python benchmarks/notebook_memory.py            # every notebooks/*.ipynb
+    .venv/bin/python benchmarks/notebook_memory.py            # every notebook, in order
     .venv/bin/python benchmarks/notebook_memory.py 01 04      # those whose name starts so
 
 Each notebook runs headless with papermill (as scripts/run_notebooks.sh runs it) in its own
@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from helpers.tooling.notebook_index import notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER_LIMIT_MB = 2048
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "memory")
     parser.add_argument("--note", default="", help="added to the log's first line")
     args = parser.parse_args(argv)
-    notebooks = [path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks = [path for path in notebook_paths(ROOT)
                  if not args.prefixes or path.name.startswith(tuple(args.prefixes))]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
