@@ -68,7 +68,7 @@ def test_bad_parameter_stops_with_a_clear_error(tmp_path):
     assert not (tmp_path / "output").exists(), "nothing written"
 
 
-def test_notebook_07_refuses_a_bad_parameter(tmp_path):
+def test_appendix_a2_refuses_a_bad_parameter(tmp_path):
     """Appendix A2's own parameters (beyond validate_parameters') stop the run by name, at the
     validation cell, before anything is written."""
     with pytest.raises(papermill.PapermillExecutionError) as error:
