@@ -1,6 +1,6 @@
 """Peak memory of each notebook run at its default parameters, against Binder's 2 GB.
 
-    .venv/bin/python benchmarks/notebook_memory.py            # every notebooks/*.ipynb
+    .venv/bin/python benchmarks/notebook_memory.py            # every notebook, in order
     .venv/bin/python benchmarks/notebook_memory.py 01 04      # those whose name starts so
 
 Each notebook runs headless with papermill (as scripts/run_notebooks.sh runs it) in its own
@@ -8,7 +8,7 @@ process. Two figures per notebook:
 - kernel peak: the largest resident set any single process reached (the kernel, in practice),
   from the kernel's own accounting (`ru_maxrss` of the papermill process and the children it
   waited for, via os.wait4), so no short peak is missed;
-- total peak: the memory of papermill, the kernel and every process they start (notebook 08's
+- total peak: the memory of papermill, the kernel and every process they start (appendix A3's
   workers): their private memory plus TensorFlow's shared library pages counted once
   (`tree_memory_kb`), sampled every 0.2 s from /proc (a short peak between samples can be
   missed). Binder limits the whole pod, which also holds the Jupyter server (about 0.1 GB), to
@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from helpers.tooling.notebook_index import notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER_LIMIT_MB = 2048
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "memory")
     parser.add_argument("--note", default="", help="added to the log's first line")
     args = parser.parse_args(argv)
-    notebooks = [path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks = [path for path in notebook_paths(ROOT)
                  if not args.prefixes or path.name.startswith(tuple(args.prefixes))]
     with usage_errors(parser):
         if not notebooks:

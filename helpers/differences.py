@@ -19,7 +19,7 @@ class Difference(NamedTuple):
     article: str  # what the article's loop does instead
 
 
-# The canonical list: the README and notebooks 02-05 read their count and names from it.
+# The canonical list: the README and notebooks 02–04 read their count and names from it.
 DIFFERENCES = (
     Difference("dropout", "Dropout in training",
                "calls the model with training=True, so Dropout drops half the units of each "
@@ -29,9 +29,11 @@ DIFFERENCES = (
                "differentiates the batch-mean loss (plus model.losses)",
                "differentiates the per-sample loss vector, i.e. the sum over the batch: a "
                "batch_size-times larger gradient"),
-    Difference("shuffle", "a new shuffle every epoch",
-               "shuffles the training samples (the matched loop draws a new permutation every "
-               "epoch)",
+    # Named for what the fix does, not "a new shuffle every epoch": under a global seed, as in
+    # this project, fit's shuffle repeats one permutation every epoch (notebook 03 shows it).
+    Difference("shuffle", "shuffled batches",
+               "shuffles the training samples into batches (under a global seed one permutation, "
+               "repeated every epoch; the matched loop draws a new one every epoch)",
                "takes the batches in file order, the same every epoch"),
     Difference("partial_batch", "the last partial batch",
                "trains on every sample every epoch, the last partial batch included",

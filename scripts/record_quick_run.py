@@ -24,13 +24,14 @@ import pandas as pd
 import helpers.notebook.quiet_tensorflow  # noqa: F401 (before TensorFlow: no start-up log lines)
 
 # isort: split
-from helpers.experiments.cv import run_info
+from helpers.experiments.store import run_info
+from helpers.tooling.notebook_index import notebooks_in
 
 
 def durations(executed_dir: Path) -> pd.DataFrame:
     """One row per executed notebook: papermill's start_time, end_time and duration (s)."""
     rows = []
-    for path in sorted(executed_dir.glob("0*.ipynb")):
+    for path in notebooks_in(executed_dir):
         meta = nbformat.read(path, as_version=4).metadata.get("papermill", {})
         if meta.get("exception") or meta.get("duration") is None:
             raise ValueError(f"{path} did not run to the end under papermill")

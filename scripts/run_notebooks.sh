@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Execute every notebook (notebooks/0*.ipynb, in order) headless with papermill at its default
+# Execute every notebook (the main sequence notebooks/01_*.ipynb ..., then the appendices
+# notebooks/A1_*.ipynb ..., in order) headless with papermill at its default
 # parameters. Executed copies go to output/notebooks/; the notebooks write their figures and
 # tables to output/ themselves. Stops at the first notebook that fails.
 #
@@ -12,9 +13,9 @@ export VIRTUAL_ENV="$PWD/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 
 shopt -s nullglob
-notebooks=(notebooks/0*.ipynb)
+notebooks=(notebooks/[0-9][0-9]_*.ipynb notebooks/A[0-9]*_*.ipynb)
 if (( ${#notebooks[@]} == 0 )); then
-    echo "run_notebooks: no notebooks/0*.ipynb found" >&2
+    echo "run_notebooks: no notebooks/01_*.ipynb ... or A1_*.ipynb ... found" >&2
     exit 1
 fi
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import nbformat
 
+from helpers.tooling.notebook_index import notebook_paths
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,7 @@ def store(committed: Path, executed: Path) -> None:
 
 def main() -> int:
     executed_dir = ROOT / "output" / "notebooks"
-    for committed in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+    for committed in notebook_paths(ROOT):
         executed = executed_dir / committed.name
         if not executed.exists():
             print(f"store_outputs: {executed} is missing; run scripts/run_notebooks.sh first",

@@ -262,7 +262,7 @@ def test_committed_answer_quotes_the_committed_fold_files():
     final = baseline[baseline["epoch"] == baseline["epoch"].max()]
     readme = (ROOT / "README.md").read_text()
     answer = readme.split(report.ANSWER_MARKERS[0])[1].split(report.ANSWER_MARKERS[1])[0]
-    notebook = nbformat.read(ROOT / "notebooks/02_naive_tape_loop.ipynb", as_version=4)
+    notebook = nbformat.read(ROOT / "notebooks/02_article_loop_vs_fit.ipynb", as_version=4)
     finished = {method: {int(path.stem.split("_")[1])
                          for path in (ROOT / "results/ablation" / method).glob("fold_*.csv")}
                 for method in ABLATION_METHODS}

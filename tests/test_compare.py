@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +68,19 @@ def test_paired_comparison_and_verdicts():
     assert "cannot be distinguished with 4 folds" in compare.verdict(few, {})
 
 
+def test_paired_comparison_of_the_rise_after_the_best_epoch():
+    """RISE pairs each fold's final minus lowest val_loss: naive's rises by 0.05 a fold after
+    epoch 2 in the synthetic table (2 epochs: 0.1), fit's never rises."""
+    per_fold = compare.per_fold(synthetic_table(), compare.RISE)
+    assert per_fold["naive"].to_numpy() == pytest.approx([0.1] * 6)
+    assert (per_fold["fit"] == 0).all()
+    result = compare.paired_comparison(synthetic_table(), "naive", "fit", compare.RISE)
+    assert result["mean_difference"] == pytest.approx(0.1) and result["p_value"] == 2 / 64
+    sentence = compare.verdict(result, {})
+    assert sentence.startswith("naive vs fit, val loss rise after the best epoch: distinguishable")
+    assert "has the lower val loss rise after the best epoch in 0 of 6 folds" in sentence
+
+
 def test_readme_block_from_a_results_folder(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
@@ -86,7 +98,7 @@ def test_readme_block_from_a_results_folder(tmp_path):
     assert report.main([str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("after\n") and "stale" not in text
-    assert "(results/curves.png)" in text
+    assert "[results/curves.png](results/curves.png)" in text
     fit_row = next(line for line in text.splitlines() if line.startswith("| model.fit()"))
     final_fit_loss = table[(table.method == "fit") & (table.epoch == 4)].val_loss
     assert f"{final_fit_loss.mean():.4f} ± {final_fit_loss.std():.4f}" in fit_row
@@ -101,4 +113,4 @@ def test_committed_readme_results_come_from_the_full_scale_table():
     table = pd.read_csv(FULL_SCALE / "table.csv")
     settings = json.loads((FULL_SCALE / "settings.json").read_text())
     assert len(table) == 3 * settings["folds"] * settings["epochs"]
-    assert re.search(r"<!-- results:start -->\n!\[", (REPO / "README.md").read_text())
+    assert "(results/full-scale/curves.png)" in (REPO / "README.md").read_text()

@@ -92,7 +92,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 # Every process this pytest run starts inherits this mark, so that a namespace holder of another
-# run on the machine (e.g. notebook 08 executing in the notebooks' pytest alongside) is not taken
+# run on the machine (e.g. appendix A3 executing in the notebooks' pytest alongside) is not taken
 # for one this run left behind.
 RUN_MARK = f"TAPE_VS_FIT_TEST_RUN={os.getpid()}"
 os.environ["TAPE_VS_FIT_TEST_RUN"] = str(os.getpid())
@@ -309,7 +309,7 @@ def test_fit_still_fails_under_multi_worker_mirrored_strategy(tmp_path):
     assert "PerReplica" in str(failure.value) and "unsupported type" in str(failure.value), (
         "model.fit under MultiWorkerMirroredStrategy no longer fails the way keras-team/keras"
         f"#20585 describes (got: {failure.value}). If fit now trains on several workers, "
-        "notebook 08's claim that only a tape loop can is out of date: revisit it, and turn "
+        "appendix A3's claim that only a tape loop can is out of date: revisit it, and turn "
         "this test into one that compares fit with the loop under MWMS."
     )
     assert not left_behind(tmp_path)

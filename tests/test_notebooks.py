@@ -13,9 +13,9 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.tooling.notebook_index import REPOSITORY, SETUP_CALL
+from helpers.tooling.notebook_index import REPOSITORY, SETUP_CALL, notebook_paths
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = notebook_paths(Path(__file__).resolve().parent.parent)
 
 pytestmark = pytest.mark.versionless
 
@@ -25,7 +25,7 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks/*.ipynb: every test below would be skipped"
+    assert NOTEBOOKS, "no notebooks: every test below would be skipped"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -62,17 +62,17 @@ def test_changed_parameters_are_used(tmp_path):
 def test_bad_parameter_stops_with_a_clear_error(tmp_path):
     """(Each parameter's refused values: tests/test_params.py.)"""
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        execute("04_cv_comparison.ipynb", tmp_path / "notebooks", {"folds": 1})
+        execute("02_article_loop_vs_fit.ipynb", tmp_path / "notebooks", {"folds": 1})
     assert error.value.ename == "ParameterError"  # a ValueError naming the parameter
     assert "folds=1" in error.value.evalue
     assert not (tmp_path / "output").exists(), "nothing written"
 
 
-def test_notebook_07_refuses_a_bad_parameter(tmp_path):
-    """Notebook 07's own parameters (beyond validate_parameters') stop the run by name, at the
+def test_appendix_a2_refuses_a_bad_parameter(tmp_path):
+    """Appendix A2's own parameters (beyond validate_parameters') stop the run by name, at the
     validation cell, before anything is written."""
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        execute("07_keep_fit_change_step.ipynb", tmp_path / "notebooks",
+        execute("A2_keep_fit_change_step.ipynb", tmp_path / "notebooks",
                 {"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})
     assert error.value.ename == "ParameterError"  # a ValueError naming the parameter
     assert "learning_rate=0.0" in error.value.evalue

@@ -185,7 +185,7 @@ def test_generator_writes_table_and_badges_then_check_passes(repo):
         r"| 02 | [The naive loop \| tape](notebooks/02_second.ipynb) "
         "| A linked description that goes on over two lines. |"
     )
-    assert len(rows) == 2  # helper_not_indexed.ipynb is not 0*.ipynb
+    assert len(rows) == 2  # helper_not_indexed.ipynb is neither 01_*.ipynb nor A1_*.ipynb
     for name in ("01_first.ipynb", "02_second.ipynb"):
         assert notebook_index.colab_url(name) in block
         assert notebook_index.binder_url(name) in block

@@ -1,6 +1,6 @@
 """The committed full-scale run reproduces bit for bit: fold 0's first epoch, retrained.
 
-results/full-scale was made by notebook 04 (papermill, 10 folds, 30 epochs, batch 64, all 60,000
+results/full-scale was made by notebook 02 (papermill, 10 folds, 30 epochs, batch 64, all 60,000
 training images, seed 0) with TensorFlow's default thread pools: as many threads as cores, 2 on
 the machine of its run_info.json, which records that count as ``threads_to_reproduce``. With
 that many intra-op and inter-op threads, fold 0's first epoch of fit, the article's loop and the

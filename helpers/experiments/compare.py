@@ -86,10 +86,24 @@ def paired_difference(differences) -> dict:
     }
 
 
+RISE = "val_loss_rise"  # not a History column: final minus lowest val_loss of a fold's run
+
+
+def per_fold(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A fold x method table of `column` at the final epoch, or, for `RISE`, of how far each
+    run's validation loss rose after its lowest value (0 if the last epoch is the lowest)."""
+    final = final_epoch(table)
+    if column != RISE:
+        return final.pivot(index="fold", columns="method", values=column)
+    lowest = table.groupby(["method", "fold"])["val_loss"].min()
+    rise = final.set_index(["method", "fold"])["val_loss"] - lowest
+    return rise.unstack("method")
+
+
 def paired_comparison(table: pd.DataFrame, method_a: str, method_b: str, column: str) -> dict:
-    """Compare `column` at the final epoch, method_a minus method_b, paired by fold."""
-    final = final_epoch(table).pivot(index="fold", columns="method", values=column)
-    paired = final[[method_a, method_b]].dropna()
+    """Compare `column` at the final epoch (or the val-loss rise, `RISE`), method_a minus
+    method_b, paired by fold."""
+    paired = per_fold(table, column)[[method_a, method_b]].dropna()
     differences = (paired[method_a] - paired[method_b]).to_numpy()
     k = len(differences)
     result = paired_difference(differences)
@@ -107,7 +121,8 @@ def paired_comparison(table: pd.DataFrame, method_a: str, method_b: str, column:
 def verdict(result: dict, labels: dict[str, str], alpha: float = 0.05) -> str:
     """One sentence, generated from the numbers, on whether two methods are distinguishable."""
     a, b = labels.get(result["a"], result["a"]), labels.get(result["b"], result["b"])
-    what = result["column"].replace("_", " ")
+    what = ("val loss rise after the best epoch" if result["column"] == RISE
+            else "final " + result["column"].replace("_", " "))
     better = "lower" if "loss" in result["column"] else "higher"
     numbers = (f"mean difference {result['mean_difference']:+.4f}, 95% CI "
                f"[{result['ci_low']:+.4f}, {result['ci_high']:+.4f}], d_z = "
@@ -115,12 +130,12 @@ def verdict(result: dict, labels: dict[str, str], alpha: float = 0.05) -> str:
                f"{result['folds']} folds")
     if result["p_value"] < alpha and not (result["ci_low"] <= 0 <= result["ci_high"]):
         direction = "higher" if result["mean_difference"] > 0 else "lower"
-        return (f"{a} vs {b}, final {what}: distinguishable -- {a}'s is {direction} by "
+        return (f"{a} vs {b}, {what}: distinguishable -- {a}'s is {direction} by "
                 f"{abs(result['mean_difference']):.4f} ({numbers}); {a} has the {better} "
                 f"{what} in {result['a_better_in']} of {result['folds']} folds.")
     if result["smallest_possible_p"] >= alpha:
-        return (f"{a} vs {b}, final {what}: cannot be distinguished with {result['folds']} "
+        return (f"{a} vs {b}, {what}: cannot be distinguished with {result['folds']} "
                 f"folds -- the "
                 f"smallest p-value the test can give is {result['smallest_possible_p']:.3f} "
                 f"({numbers}).")
-    return f"{a} vs {b}, final {what}: not distinguishable at the {alpha:.0%} level ({numbers})."
+    return f"{a} vs {b}, {what}: not distinguishable at the {alpha:.0%} level ({numbers})."

@@ -83,7 +83,8 @@ def cross_validate(
     `helpers.training.FoldTrainer`s), or lists names from `helpers.training.METHODS`, each then
     trained by a `FoldTrainer`. `settings` adds descriptions of the data (dataset,
     subset, ...) to what `results_dir/settings.json` records and checks. `verbose`: 0 silent,
-    1 one line per fold and method (its last epoch's History values, in `HISTORY_KEYS` order),
+    1 one line per fold and method trained (its last epoch's History values, in `HISTORY_KEYS`
+    order) and one line for all the folds read back,
     2 also Keras-style progress bars. `first_folds`: train (or read back) only the first this many
     of the `folds` folds -- the same folds as a full run, fewer of them. `run_details` (with a
     `results_dir`): recorded in its run_info.json, with the machine, versions and thread settings,
@@ -109,15 +110,16 @@ def cross_validate(
         if run_details is not None:
             results.record_run_info(**run_details)
     tables = []
+    read_back = []  # (method, fold) runs an earlier run finished: one line for all of them
     # Fold-major order: after any number of finished folds, every method has the same folds, so
     # a partial run can already be compared pairwise.
     for fold, (train_idx, val_idx) in enumerate(splits[:first_folds]):
         for method, train in methods.items():
             fold_file = f"{method}/fold_{fold:02d}.csv"
-            finished = store.read_finished(results, fold_file, f"fold {fold + 1}/{folds} {method}",
-                                           verbose)
+            finished = store.read_finished(results, fold_file, "", verbose=0)
             if finished is not None:
                 tables.append(finished)
+                read_back.append(method)
                 continue
             model = model_fn(seed=seed + fold)
             started = time.perf_counter()
@@ -135,6 +137,10 @@ def cross_validate(
             if results is not None:
                 results.write_table(fold_file, table)
             tables.append(table)
+    if read_back and verbose:
+        counts = ", ".join(f"{read_back.count(name)} of {name}"
+                           for name in dict.fromkeys(read_back))
+        print(f"read back {counts} (folds an earlier run finished) from {results.path}")
     combined = pd.concat(tables, ignore_index=True)
     order = {name: i for i, name in enumerate(methods)}
     return combined.sort_values(

@@ -10,9 +10,12 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 METHOD_COLORS = {"fit": "tab:blue", "naive": "tab:red", "matched": "tab:green"}
-# Distinct line styles: fit's and the matched loop's curves often coincide; dotted over solid shows
-# both.
+# fit's and the matched loop's curves often coincide: fit's is drawn first, wide and pale, and the
+# others narrow on top of it (matched's dotted), so a matched curve lying on fit's leaves fit's
+# visible on both sides of it.
 METHOD_STYLES = {"fit": "-", "naive": "--", "matched": ":"}
+METHOD_WIDTHS = {"fit": 5.0}
+METHOD_ALPHAS = {"fit": 0.45}
 METHOD_LABELS = {
     "fit": "model.fit()",
     "naive": "article's tape loop",
@@ -36,10 +39,11 @@ def best_epochs(table: pd.DataFrame) -> pd.DataFrame:
 def plot_cv_curves(table: pd.DataFrame, title: str | None = None,
                    path: str | os.PathLike | None = None):
     """Loss and accuracy per epoch, training and validation in separate panels, mean +- std over
-    folds -- the article's Figure 4, made readable: one colour and one line style per method (so
-    curves that coincide, like fit's and the matched loop's, stay visible), loss on a log scale
-    (epoch 1 would otherwise flatten the rest), each method's best epoch (lowest mean validation
-    loss) marked, the legend below the panels. Saved to `path` if given."""
+    folds -- the article's Figure 4, made readable: one colour and one line style per method, fit's
+    wide and pale under the others (so curves that coincide, like fit's and the matched loop's,
+    stay visible), loss on a log scale (epoch 1 would otherwise flatten the rest), each method's
+    best epoch (lowest mean validation loss) marked, the legend below the panels. Saved to `path`
+    if given."""
     figure, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
     folds = table["fold"].nunique()
     best = best_epochs(table)
@@ -51,7 +55,9 @@ def plot_cv_curves(table: pd.DataFrame, title: str | None = None,
             for method, curve in band.groupby("method", sort=False):
                 color = METHOD_COLORS.get(method)
                 ax.plot(curve["epoch"], curve["mean"], METHOD_STYLES.get(method, "-"),
-                        color=color, label=METHOD_LABELS.get(method, method), linewidth=1.8)
+                        color=color, label=METHOD_LABELS.get(method, method),
+                        linewidth=METHOD_WIDTHS.get(method, 1.8),
+                        alpha=METHOD_ALPHAS.get(method, 1.0), zorder=1 if method == "fit" else 2)
                 ax.fill_between(curve["epoch"], curve["mean"] - curve["std"],
                                 curve["mean"] + curve["std"], color=color, alpha=0.12)
                 at_best = curve[curve["epoch"] == best.loc[method, "epoch"]]

@@ -68,15 +68,30 @@ def needs_message(keras_gates: Iterable[str], keras_version: str, gates: dict,
             "(TensorFlow stays as it is).")
 
 
-def setup_notebook(keras_gates: Iterable[str] = ()) -> None:
+def setup_notebook(keras_gates: Iterable[str] = (), *, backend: str = "tensorflow",
+                   cpu_devices: int | None = None) -> None:
     """The Setup cell's work: the installed packages checked (and on Colab or Kaggle the missing
-    ones installed) by `check_environment`, TensorFlow imported without its start-up log lines,
-    then one line on the versions in use and one on the versions this notebook needs, given
-    the names of the `helpers.compat.KERAS_GATES` its sections use."""
+    ones installed) by `check_environment`, then one line on the versions in use and one on the
+    versions this notebook needs, given the names of the `helpers.compat.KERAS_GATES` its
+    sections use. With the TensorFlow `backend`, TensorFlow is imported first, without its
+    start-up log lines. Another `backend` (``"jax"``) is set in KERAS_BACKEND before Keras is
+    imported (Keras picks its backend once, at its first import) and loads no TensorFlow;
+    `cpu_devices` then splits the CPU into that many XLA devices (XLA_FLAGS, read when JAX
+    starts), for `keras.distribution`."""
     check_environment()
-    from helpers.notebook.quiet_tensorflow import tf  # before Keras: its import loads TensorFlow
+    if backend != "tensorflow":
+        os.environ["KERAS_BACKEND"] = backend
+        if cpu_devices:
+            flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        framework = __import__(backend)
+        devices = f"{len(framework.devices())} {backend} device(s)"
+    else:
+        from helpers.notebook.quiet_tensorflow import tf  # before Keras: it loads TensorFlow
 
-    # isort: split
+        framework = tf
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        devices = f"{gpus} GPU(s)" if gpus else "no GPU"
     import keras
     import numpy as np
 
@@ -87,10 +102,10 @@ def setup_notebook(keras_gates: Iterable[str] = ()) -> None:
     if unknown:
         raise ValueError(f"unknown Keras gates {unknown}: helpers.compat.KERAS_GATES has "
                          f"{sorted(compat.KERAS_GATES)}")
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    print(f"TensorFlow {tf.__version__} · Keras {keras.__version__} · NumPy {np.__version__} · "
-          f"helpers {helpers.__version__} · {os.cpu_count()} CPU cores · "
-          + (f"{gpus} GPU(s)" if gpus else "no GPU"))
+    name = "TensorFlow" if backend == "tensorflow" else backend.upper()
+    print(f"{name} {framework.__version__} · Keras {keras.__version__} ({keras.backend.backend()} "
+          f"backend) · NumPy {np.__version__} · helpers {helpers.__version__} · "
+          f"{os.cpu_count()} CPU cores · {devices}")
     declared = {requirement.name: requirement for requirement in requirements()}
     print(needs_message(keras_gates, keras.__version__, compat.KERAS_GATES, declared))
 

@@ -144,7 +144,7 @@ def max_history_difference(history_a, history_b) -> float:
 
 def validate_distributed_parameters(*, train_images: int, val_images: int, workers: int,
                                     timeout: float) -> None:
-    """Notebook 08's own parameters (the shared ones go through
+    """Appendix A3's own parameters (the shared ones go through
     helpers.experiments.params.validate_parameters): image counts >= 1, `workers` >= 2 (one
     worker is no cluster), `timeout` seconds > 0. A ValueError names the parameter otherwise."""
     check_integer("train_images", train_images, 1)

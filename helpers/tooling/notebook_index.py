@@ -4,9 +4,12 @@ Setup cell in step with `REPOSITORY` (and the Setup cell with the notebook's Ker
     python -m helpers.tooling.notebook_index          # rewrite index, badges and Setup cells
     python -m helpers.tooling.notebook_index --check  # exit 1 listing what is stale; no writes
 
-For each ``notebooks/0*.ipynb`` (in name order) the title is the ``# `` heading of the notebook's
-first markdown cell and the description is the first sentence of the paragraph after it. The
-README's table goes between ``<!-- notebook-index:start -->`` and ``<!-- notebook-index:end -->``;
+The notebooks are the main sequence, ``notebooks/01_*.ipynb``, ``02_*``, ... read in order, then the
+appendices, ``notebooks/A1_*.ipynb``, ``A2_*``, ... (`notebook_paths`: that order). For each, the
+title is the ``# `` heading of the notebook's first markdown cell (an appendix's starts with
+"Appendix A1 · ") and the description is the first sentence of the paragraph after it. The
+README's index -- a table of the main sequence, then one of the appendices under "Appendices" --
+goes between ``<!-- notebook-index:start -->`` and ``<!-- notebook-index:end -->``;
 each notebook gets one badge line (starting with ``[![Open In Colab]``) right under its title.
 The first code cell (the Setup cell) becomes `setup_source` for the Keras gates that the
 notebook's ``keras_allows`` calls name; an older Setup cell (an install block followed by the
@@ -37,7 +40,9 @@ REPOSITORY = "tape-vs-fit/tape-vs-fit"
 BRANCH = "main"
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-NOTEBOOK_GLOB = "0*.ipynb"
+# The main sequence (01_fit_baseline.ipynb, ...), then the appendices (A1_fit_options.ipynb, ...).
+MAIN_GLOB = "[0-9][0-9]_*.ipynb"
+APPENDIX_GLOB = "A[0-9]*_*.ipynb"
 START = "<!-- notebook-index:start -->"
 END = "<!-- notebook-index:end -->"
 BADGE_PREFIX = "[![Open In Colab]"
@@ -83,8 +88,18 @@ class NotebookInfo:
         return self.path.name
 
 
+def notebooks_in(folder: Path) -> list[Path]:
+    """The folder's main-sequence notebooks in order, then its appendices in order."""
+    folder = Path(folder)
+    return sorted(folder.glob(MAIN_GLOB)) + sorted(folder.glob(APPENDIX_GLOB))
+
+
 def notebook_paths(root: Path = ROOT) -> list[Path]:
-    return sorted((Path(root) / "notebooks").glob(NOTEBOOK_GLOB))
+    return notebooks_in(Path(root) / "notebooks")
+
+
+def is_appendix(path: Path) -> bool:
+    return Path(path).name.startswith("A")
 
 
 def _first_markdown_cell(notebook, path: Path):
@@ -137,10 +152,11 @@ def read_info(path: Path) -> NotebookInfo:
     notebook = nbformat.read(path, as_version=4)
     lines = _first_markdown_cell(notebook, path).source.splitlines()
     title_at = _title_index(lines, path)
-    number = re.match(r"\d*[a-z]?", path.stem).group(0)  # "01", or "06a" for an appendix
+    number = path.stem.split("_", 1)[0]  # "01", or "A1" for an appendix
     title = lines[title_at][2:].strip()
-    if number:  # "01 · The fit() baseline" -> "The fit() baseline": the table has a # column
-        title = re.sub(rf"^0*{number.lstrip('0')}\s*[·.:\-–—]\s*", "", title) or title
+    # "01 · The fit() baseline" or "Appendix A1 · Fit's options" -> the title alone: the table
+    # has a # column
+    title = re.sub(rf"^(Appendix )?0*{number.lstrip('0')}\s*[·.:\-–—]\s*", "", title) or title
     return NotebookInfo(
         path=path,
         number=number,
@@ -149,9 +165,7 @@ def read_info(path: Path) -> NotebookInfo:
     )
 
 
-def render_table(infos: list[NotebookInfo]) -> str:
-    if not infos:
-        return "_No notebooks in notebooks/ yet._"
+def _table(infos: list[NotebookInfo]) -> list[str]:
     rows = [
         "| # | Notebook | What it shows | Colab | Binder |",
         "|---|---|---|---|---|",
@@ -161,6 +175,19 @@ def render_table(infos: list[NotebookInfo]) -> str:
             f"| {info.number} | [{info.title}](notebooks/{info.name}) | {info.description} "
             f"| {colab_badge(info.name)} | {binder_badge(info.name)} |"
         )
+    return rows
+
+
+def render_table(infos: list[NotebookInfo]) -> str:
+    """The main sequence's table, then the appendices' under their own heading."""
+    if not infos:
+        return "_No notebooks in notebooks/ yet._"
+    main = [info for info in infos if not is_appendix(info.path)]
+    appendices = [info for info in infos if is_appendix(info.path)]
+    rows = _table(main) if main else []
+    if appendices:
+        rows += ([""] if rows else []) + [
+            "**Appendices**, read in any order after the main sequence:", ""] + _table(appendices)
     return "\n".join(rows)
 
 
@@ -264,12 +291,15 @@ def install_source(repository: str = REPOSITORY) -> str:
     return f"tape-vs-fit @ git+https://github.com/{repository}"
 
 
-def setup_source(keras_gates=(), source: str | None = None, repository: str = REPOSITORY) -> str:
+def setup_source(keras_gates=(), source: str | None = None, repository: str = REPOSITORY,
+                 options: str = "") -> str:
     """The Setup cell of a notebook whose sections use `keras_gates` (names in
     helpers.compat.KERAS_GATES); `source` replaces the GitHub requirement (tests pass a local
-    path)."""
+    path); `options` are the notebook's other `setup_notebook` arguments, as written (e.g.
+    ``backend="jax"``)."""
     hosted = " or ".join(f'"{name}" in os.environ' for name in HOSTED_VARIABLES)
-    arguments = f"keras_gates={sorted(keras_gates)!r}".replace("'", '"') if keras_gates else ""
+    gates = f"keras_gates={sorted(keras_gates)!r}".replace("'", '"') if keras_gates else ""
+    arguments = ", ".join(part for part in (gates, options) if part)
     return SETUP_TEMPLATE.format(hosted=hosted, source=source or install_source(repository),
                                  arguments=arguments)
 
@@ -285,13 +315,22 @@ def keras_gates_used(notebook) -> list[str]:
                    for gate in KERAS_ALLOWS.findall(cell.source)})
 
 
+def _is_magic(line: str) -> bool:
+    return line.lstrip().startswith(("%", "!"))
+
+
+def _python_source(source: str) -> str:
+    """`source` (a code cell) as Python: each IPython % or ! line becomes a `pass` (an `if`
+    holding only a ``%pip`` line stays valid)."""
+    return "\n".join(line[:len(line) - len(line.lstrip())] + "pass" if _is_magic(line) else line
+                     for line in source.splitlines())
+
+
 def _python_names(source: str) -> set[str]:
     """The names `source` (a code cell) reads; every word of an IPython % or ! line counts."""
-    lines = source.splitlines()
-    magic = [line.lstrip().startswith(("%", "!")) for line in lines]
-    python = "\n".join("" if is_magic else line for line, is_magic in zip(lines, magic))
-    magics = "\n".join(line for line, is_magic in zip(lines, magic) if is_magic)
-    return ({node.id for node in ast.walk(ast.parse(python)) if isinstance(node, ast.Name)}
+    magics = "\n".join(line for line in source.splitlines() if _is_magic(line))
+    return ({node.id for node in ast.walk(ast.parse(_python_source(source)))
+             if isinstance(node, ast.Name)}
             | set(re.findall(r"[A-Za-z_]\w*", magics)))
 
 
@@ -349,6 +388,17 @@ def migrate_old_setup(notebook, path: Path) -> None:
         notebook.cells.insert(notebook.cells.index(cell) + 1, imports_cell)
 
 
+def setup_options(source: str) -> str:
+    """The keyword arguments of a Setup cell's `setup_notebook(...)` call other than
+    `keras_gates` (which the generator derives), as written; "" for none."""
+    if SETUP_CALL not in source:
+        return ""
+    calls = [node for node in ast.walk(ast.parse(_python_source(source)))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup_notebook"]
+    return ", ".join(ast.unparse(keyword) for call in calls for keyword in call.keywords
+                     if keyword.arg != "keras_gates").replace("'", '"')
+
+
 def updated_setup(notebook, path: Path):
     """A copy of `notebook` whose Setup cell is the current `setup_source` for the Keras gates
     its sections use (an old Setup cell is migrated first: `migrate_old_setup`). A first code
@@ -362,7 +412,7 @@ def updated_setup(notebook, path: Path):
         return notebook
     if old:
         migrate_old_setup(notebook, path)
-    cell.source = setup_source(keras_gates_used(notebook))
+    cell.source = setup_source(keras_gates_used(notebook), options=setup_options(cell.source))
     return notebook
 
 

@@ -12,7 +12,7 @@ call ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (`HISTORY_KEYS`), el
 compiled metric -- plus ``seconds`` (wall time of each epoch, validation included). The model must
 be compiled: the optimizer, loss and metrics given to `compile` are the ones used. `train_fit` and
 `train_matched` also take fit's ``sample_weight``, ``class_weight`` and ``validation_split``
-(notebook 03a lists every fit option and the test that shows the loop reproduces it). Each also
+(appendix A1 lists every fit option and the test that shows the loop reproduces it). Each also
 takes fit's ``callbacks=`` and ``initial_epoch=``: the tape loops drive Keras callbacks through
 ``keras.callbacks.CallbackList`` as fit does (`Trainer`), and the History then also holds
 whatever the callbacks log (e.g. ``learning_rate``).
@@ -290,7 +290,7 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
                     callbacks=None, initial_epoch=0, make_step=None):
     """The article's GradientTape loop with the `DIFFERENCES` named in `fixes` done as fit does
     them: no fixes is `train_naive`, all of them `train_matched`, and anything between is one
-    of the ablation's variants (notebook 05).
+    of the ablation's variants (notebook 04).
 
     - ``"dropout"``, ``"mean_loss"``: the step's switches (`tape_train_step`);
     - ``"shuffle"``: a new permutation of all samples every epoch (from `seed`, or exactly
@@ -312,7 +312,7 @@ def train_tape_loop(model, train_data, val_data, *, epochs, batch_size, seed, fi
     and so are History and weights (tests/test_training.py); the progress bar moves once per
     group.
 
-    fit's other options, with fit's semantics (tests/test_fit_options.py, notebook 03a):
+    fit's other options, with fit's semantics (tests/test_fit_options.py, appendix A1):
     `sample_weight`, `class_weight` and `validation_split` as `arrays_like_fit` prepares them
     (N is then the number of training samples after the split); `val_data` may be None or
     ``(x, y, sample_weight)``; whatever compile() set up -- metrics, loss weights, loss scaling,
