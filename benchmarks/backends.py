@@ -36,7 +36,6 @@ METHODS = {  # name -> (backend, what it is)
     "jax_matched": ("jax", "the matched JAX loop (jax_loop.JaxLoop)"),
     "tf_matched": ("tensorflow", "the matched tape loop, TensorFlow backend (tape_loop_trainer)"),
 }
-IDLE_LOAD = 1.5  # load average above which the run is labelled as measured under load
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -164,8 +163,11 @@ def main(argv=None):
     load_after = os.getloadavg()[0]
     measured = {name: np.array(values[args.warmup:]) for name, values in seconds.items()}
     ratios = {name: measured[name] / measured["tf_fit"] for name in names}
-    under_load = max(load_before, load_after) > IDLE_LOAD
     from importlib import metadata
+
+    from helpers.tooling.speed import LOAD_LIMIT, load_columns  # the project's load rule
+
+    load = load_columns(load_before, load_after)
 
     table = pd.DataFrame([{
         "method": name, "description": METHODS[name][1],
@@ -180,15 +182,14 @@ def main(argv=None):
         samples=args.samples, batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
         tensorflow=metadata.version("tensorflow"), keras=metadata.version("keras"),
         jax=metadata.version("jax"), cpu_count=os.cpu_count(),
-        load_average_before=round(load_before, 2), load_average_after=round(load_after, 2),
-        measured_under_load=under_load, quick=args.quick,
+        **load, quick=args.quick,
         date=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
     print()
     print(table[["method", "seconds_per_epoch_median", "epoch_time_ratio_to_tf_fit", "ratio_min",
                  "ratio_max"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"load average {load_before:.2f} before, {load_after:.2f} after"
-          + (f": MEASURED UNDER LOAD (above {IDLE_LOAD}); re-run on an idle machine"
-             if under_load else ""))
+          + (f": MEASURED UNDER LOAD (above {LOAD_LIMIT}); re-run on an idle machine"
+             if load["under_load"] else ""))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     print(f"\nwrote {args.csv}")

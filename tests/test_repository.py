@@ -19,6 +19,7 @@ from helpers.tooling.notebook_index import (
     NotebookIndexError,
     keras_gates_used,
     setup_cell,
+    setup_options,
     setup_source,
     updated_setup,
 )
@@ -78,7 +79,8 @@ def test_one_change_to_repository_updates_readme_badges_and_setup_cells(tmp_path
     assert "mybinder.org/v2/gh/someone/fork/" in readme
     for path in sorted((copy / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
-        expected = setup_source(keras_gates_used(notebook), repository="someone/fork")
+        expected = setup_source(keras_gates_used(notebook), repository="someone/fork",
+                                options=setup_options(setup_cell(notebook).source))
         assert setup_cell(notebook).source == expected, f"{path.name}: Setup cell not regenerated"
         assert "git+https://github.com/someone/fork" in expected
 
@@ -90,7 +92,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def test_every_setup_cell_is_generated_and_at_most_8_lines(path):
     notebook = nbformat.read(path, as_version=4)
     setup = setup_cell(notebook).source
-    assert setup == setup_source(keras_gates_used(notebook)), (
+    assert setup == setup_source(keras_gates_used(notebook), options=setup_options(setup)), (
         f"{path.name}: the Setup cell is not the generated one; run "
         "`python -m helpers.tooling.notebook_index`")
     assert len([line for line in setup.splitlines() if line.strip()]) <= 8
