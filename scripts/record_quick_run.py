@@ -6,8 +6,8 @@ own timestamps in the executed notebooks, into a committed folder:
         --conditions "idle 2-core machine, fresh clone"
 
 durations.csv has one row per notebook (papermill's start, end and duration); run_info.json the
-machine, the versions, the wall time from the first notebook's start to the last one's end, and
-the conditions given. The README's sentence on the quick run quotes it (tests/test_readme.py).
+machine, the versions, the wall time from the first notebook's start to the last one's end (for
+all notebooks, and for the main sequence without the appendices), and the conditions given. The README's sentence on the quick run quotes it (tests/test_readme.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import helpers.notebook.quiet_tensorflow  # noqa: F401 (before TensorFlow: no st
 
 # isort: split
 from helpers.experiments.store import run_info
-from helpers.tooling.notebook_index import notebooks_in
+from helpers.tooling.notebook_index import is_appendix, notebooks_in
 
 
 def durations(executed_dir: Path) -> pd.DataFrame:
@@ -63,10 +63,15 @@ def main(argv=None) -> int:
         return 1
     args.results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.results_dir / "durations.csv", index=False)
+    main_sequence = table[[not is_appendix(Path(name)) for name in table["notebook"]]]
     info = {**run_info(), "notebooks": len(table), "wall_seconds": wall_seconds(table),
+            "main_sequence_notebooks": len(main_sequence),
+            "main_sequence_seconds": wall_seconds(main_sequence),
             "date": table["start_time"].min()[:10], "conditions": args.conditions}
     (args.results_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"{len(table)} notebooks in {info['wall_seconds']:.0f} s; written to {args.results_dir}")
+    print(f"{len(table)} notebooks in {info['wall_seconds']:.0f} s, the main sequence's "
+          f"{len(main_sequence)} in {info['main_sequence_seconds']:.0f} s; written to "
+          f"{args.results_dir}")
     return 0
 
 
