@@ -7,7 +7,8 @@ own timestamps in the executed notebooks, into a committed folder:
 
 durations.csv has one row per notebook (papermill's start, end and duration); run_info.json the
 machine, the versions, the wall time from the first notebook's start to the last one's end (for
-all notebooks, and for the main sequence without the appendices), and the conditions given. The README's sentence on the quick run quotes it (tests/test_readme.py).
+all notebooks, and for the main sequence without the appendices), and the conditions given.
+The README's sentence on the quick run quotes it (tests/test_readme.py).
 """
 
 from __future__ import annotations
