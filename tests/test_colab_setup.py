@@ -193,7 +193,8 @@ def test_colab_installs_what_is_missing_and_keeps_tensorflow(colab_venv, package
     # The versions in use are named, with what is exact only on the pins; the Keras the
     # distributed loop needs (KERAS_GATES) is named with the command that installs it alone.
     assert f"Using tensorflow {pins['tensorflow']}, keras {pins['keras']}." in output
-    assert f"TensorFlow {pins['tensorflow']} · Keras {pins['keras']} · " in output
+    assert (f"TensorFlow {pins['tensorflow']} · Keras {pins['keras']} (tensorflow backend) · "
+            in output)
     needed = ".".join(map(str, KERAS_GATES["strategy"].oldest))
     assert (f"Keras {pins['keras']} is older than the {needed} this notebook needs for "
             f"{KERAS_GATES['strategy'].what}: ") in output, output[-3000:]
