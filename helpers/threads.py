@@ -31,7 +31,14 @@ def thread_settings() -> dict[str, int]:
 
 def threads_to_reproduce(threads: int) -> int:
     """The intra-op thread count of a run made after ``use_threads(threads)``: `threads`, or for 0
-    TensorFlow's default, one per CPU this process may run on. Retraining reproduces its results
-    bit for bit with this count, and in general not with another (TensorFlow splits its
-    reductions by thread). Needs no TensorFlow."""
-    return threads or len(os.sched_getaffinity(0))
+    TensorFlow's default: the environment's ``TF_NUM_INTRAOP_THREADS`` where that is a positive
+    integer (as TensorFlow reads it: tensorflow/core/common_runtime/process_util.cc,
+    ``NumIntraOpThreadsFromEnvironment``), else one per CPU this process may run on. Retraining
+    reproduces its results bit for bit with this count, and in general not with another
+    (TensorFlow splits its reductions by thread). Needs no TensorFlow."""
+    if threads:
+        return threads
+    from_environment = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
+    if from_environment.isdigit() and int(from_environment) > 0:
+        return int(from_environment)
+    return len(os.sched_getaffinity(0))

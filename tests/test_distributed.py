@@ -172,7 +172,13 @@ def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
     off (each replica draws its own masks, which no single-device run reproduces) and 640 images,
     so that every batch splits 32 + 32 and the mean of the two half-batch means is the batch
     mean. An L2 penalty on every kernel makes model.losses non-empty, which the loop must scale
-    by 1/replicas as fit does: there fit and the loop stay exactly equal."""
+    by 1/replicas as fit does: there fit and the loop stay exactly equal.
+
+    Against one device the weights differ by rounding, amplified where Adam divides a
+    near-zero gradient by its near-zero root mean square: measured 1.3e-7 with TensorFlow's 2
+    intra-op threads on a 2-core machine and 1.4e-5 with 1 thread (another summation order of
+    the convolution gradients; TF_NUM_INTRAOP_THREADS=1, as in CI), hence 1e-4; thousands of
+    times below the 0.02-0.04 differences in validation loss the notebooks discuss."""
     run_module("--replicas", "2", "--dropout", "0", "--l2", "0.01", "--trainers", "fit", "loop",
                "matched", "--samples", "640", "--val-samples", "160", "--epochs", "2",
                "--out", str(tmp_path))
@@ -181,7 +187,7 @@ def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
     assert max_history_difference(fit["history"], replicas["history"]) == 0
     assert max_weight_difference(fit["weights"], replicas["weights"]) == 0
     assert max_history_difference(replicas["history"], single["history"]) < 1e-5
-    assert max_weight_difference(replicas["weights"], single["weights"]) < 1e-5
+    assert max_weight_difference(replicas["weights"], single["weights"]) < 1e-4
     # Not trivially equal: the arithmetic differs, so some weight moved by a rounding error.
     assert max_weight_difference(replicas["weights"], single["weights"]) > 0
 
@@ -241,21 +247,29 @@ def worker_args(out: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    """One run of the loop on 2 MWMS workers, with the TCP listeners seen while it ran."""
+    """One run of the loop on 2 MWMS workers with ``--restarts 1``, worker 1 killed with
+    SIGKILL once both have saved epoch 1 of 2 (so the run is also the restart test's), with the
+    TCP listeners seen while it ran and the launcher's lines."""
     out = tmp_path_factory.mktemp("workers")
-    started = []
+    lines, killed = [], []
     watch = ListenerWatch(str(out))
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True,
+                              args=(out, 1, killed, TIMEOUT))
     watch.start()
+    killer.start()
     try:
-        results = launch_workers(worker_args(out), log=started.append)
+        results = launch_workers(worker_args(out, "--restarts", "1"), log=lines.append)
     finally:
         watch.done.set()
         watch.join()
-    return {"results": results, "started": started[0], "watch": watch,
+        killer.join()
+    return {"results": results, "lines": lines, "killed": killed, "watch": watch,
             "left_behind": left_behind(out), "out": out}
 
 
 def test_two_workers_end_equal_and_match_mirrored_strategy(mirrored, two_workers):
+    """The two workers (killed and restarted halfway, which must not show) end with the same
+    weights, and with the History and weights of the 2-replica MirroredStrategy run."""
     first, second = (result["loop"] for result in two_workers["results"])
     assert first["replicas"] == second["replicas"] == 2
     assert max_weight_difference(first["weights"], second["weights"]) == 0
@@ -269,8 +283,9 @@ def test_workers_listen_only_inside_their_private_network(two_workers):
     """TensorFlow's servers bind 0.0.0.0 (grpc_server_lib.cc). While the workers ran, their
     ports were listening in the workers' own network namespace (read from /proc/PID/net/tcp*,
     so the check below can see a listener) and never in this machine's (/proc/self/net/tcp*)."""
-    assert "(a private loopback-only network)" in two_workers["started"], two_workers["started"]
-    ports = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", two_workers["started"])}
+    started = two_workers["lines"][0]
+    assert "(a private loopback-only network)" in started, started
+    ports = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", started)}
     watch = two_workers["watch"]
     assert len(ports) == 2
     assert ports <= {port for _, port in watch.workers}, (ports, watch.workers)
@@ -424,31 +439,24 @@ def kill_after_first_epoch(out: Path, index: int, killed: list, timeout: float) 
         time.sleep(0.01)
 
 
-def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(mirrored,
-                                                                                tmp_path):
-    """Worker 1 is killed with SIGKILL once both workers have saved epoch 1 of 2, in the middle
-    of the run. With --restarts 1 the launcher stops worker 0, says so in one line, and starts
-    both again from epoch 1; the final History and weights of both workers equal the
-    uninterrupted 2-replica MirroredStrategy run's (which two workers equal exactly, above)
-    bit for bit."""
-    killed, lines = [], []
-    killer = threading.Thread(target=kill_after_first_epoch, daemon=True,
-                              args=(tmp_path, 1, killed, TIMEOUT))
-    killer.start()
-    results = launch_workers(worker_args(tmp_path, "--restarts", "1"), log=lines.append)
-    killer.join()
-    assert killed, "worker 1 was not running after epoch 1: nothing was killed"
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(two_workers):
+    """Worker 1 was killed with SIGKILL once both workers had saved epoch 1 of 2, in the middle
+    of the run (the `two_workers` run). With --restarts 1 the launcher stops worker 0, says so
+    in one line, and starts both again from epoch 1; the final History and weights of both
+    workers equal the uninterrupted 2-replica MirroredStrategy run's bit for bit (checked in
+    test_two_workers_end_equal_and_match_mirrored_strategy), and no process is left behind."""
+    lines = two_workers["lines"]
+    assert two_workers["killed"], "worker 1 was not running after epoch 1: nothing was killed"
     restarts = [line for line in lines if "restart" in line]
     assert restarts == [
         "worker 1 failed (killed by signal 9 (SIGKILL)): loop: epoch 1 finished, loss "
         + restarts[0].split("loop: epoch 1 finished, loss ")[1].split(";")[0]
         + "; restart 1 of 1: every worker resumes loop from epoch 1 (the last epoch all of "
         "them saved)"], lines
-    for result in results:
-        resumed = result["loop"]
-        assert max_history_difference(resumed["history"], mirrored["loop"]["history"]) == 0
-        assert max_weight_difference(resumed["weights"], mirrored["loop"]["weights"]) == 0
-    assert not left_behind(tmp_path)
+    for index in range(2):
+        log = (two_workers["out"] / f"worker_{index}.log").read_text()
+        assert "--- restart 1 ---" in log, log
+    assert not two_workers["left_behind"]
 
 
 def test_launcher_stops_workers_that_do_not_finish_in_time(tmp_path):

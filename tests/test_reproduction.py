@@ -17,6 +17,7 @@ sequence, so the first epoch does not depend on how many follow.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from helpers.experiments.store import ResultsFolder
+from helpers.threads import threads_to_reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL_SCALE = ResultsFolder(ROOT / "results" / "full-scale")
@@ -83,3 +85,15 @@ def test_readme_names_the_thread_count_of_every_committed_result():
                 for path in sorted((ROOT / "results").glob("*/run_info.json"))
                 if "threads_to_reproduce" in (info := json.loads(path.read_text()))}
     assert recorded and in_readme == recorded
+
+
+@pytest.mark.versionless
+def test_a_run_records_the_thread_count_it_took_from_the_environment(monkeypatch):
+    """Without a count of its own, TensorFlow sizes its intra-op pool by TF_NUM_INTRAOP_THREADS
+    where that is a positive integer (scripts/test.sh and .ci/run set it to each side-by-side
+    process's share of the cores), else by the cores: what a run records is that count."""
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert (threads_to_reproduce(0), threads_to_reproduce(4)) == (3, 4)
+    for unusable in ("0", "", "two", "-1"):
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", unusable)
+        assert threads_to_reproduce(0) == len(os.sched_getaffinity(0))
