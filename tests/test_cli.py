@@ -12,6 +12,7 @@ cases that check a method's name import TensorFlow: every other check runs befor
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from conftest import folder_snapshot
 
 from helpers.notebook.quiet_tensorflow import is_start_up_line
+from helpers.threads import threads_to_reproduce
 from helpers.tooling import launcher, notebook_index, report, run_ablation, run_heldout
 
 # Argument parsing and folder checks: the same with any versions.
@@ -28,6 +30,11 @@ pytestmark = pytest.mark.versionless
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_SCALE = REPO / "results" / "full-scale"
+# The thread count FOREIGN/../results records (below): not this process's own without --threads
+# (the cores, or TF_NUM_INTRAOP_THREADS), so that a run there without --threads is refused; and
+# another count than both.
+RECORDED_THREADS = threads_to_reproduce(0) + 1
+OTHER_THREADS = RECORDED_THREADS + 1
 
 
 def _benchmark(name: str):
@@ -122,12 +129,13 @@ CASES = [
     (["run_heldout", "FOREIGN/../results", "--epochs", "2"],
      "parameter results_dir='FOREIGN/../results' is not allowed: its results were made with "
      "other settings (epochs: saved 30, now 2)"),
-    (["run_heldout", "FOREIGN/../results", "--epochs", "30", "--threads", "2"],
-     "parameter --threads=2 is not allowed: the results in FOREIGN/../results were made with 1 "
-     "intra-op thread(s) and reproduce bit for bit only with as many; give --threads 1"),
+    (["run_heldout", "FOREIGN/../results", "--epochs", "30", "--threads", str(OTHER_THREADS)],
+     f"parameter --threads={OTHER_THREADS} is not allowed: the results in FOREIGN/../results "
+     f"were made with {RECORDED_THREADS} intra-op thread(s) and reproduce bit for bit only with "
+     f"as many; give --threads {RECORDED_THREADS}"),
     (["run_ablation", "--results-dir", "FOREIGN/../results", "--baseline", str(FULL_SCALE)],
-     "parameter --threads=0 is not allowed: the results in FOREIGN/../results were made with 1 "
-     "intra-op thread(s)"),
+     "parameter --threads=0 is not allowed: the results in FOREIGN/../results were made with "
+     f"{RECORDED_THREADS} intra-op thread(s)"),
     # -- launcher, every option and combination
     (["launcher"], "parameter --workers=None is not allowed: give --workers N (worker "
                    "processes) or --replicas N (logical CPU devices in this process)"),
@@ -251,11 +259,11 @@ def places(tmp_path):
     foreign.mkdir()
     (foreign / "sentinel.txt").write_text("not the project's\n")
     # FOREIGN/../results: a results folder the project made, with the committed settings, made
-    # with one thread
+    # with RECORDED_THREADS threads
     results = tmp_path / "results"
     results.mkdir()
     (results / "settings.json").write_bytes((FULL_SCALE / "settings.json").read_bytes())
-    (results / "run_info.json").write_text('{"threads_to_reproduce": 1}\n')
+    (results / "run_info.json").write_text(json.dumps({"threads_to_reproduce": RECORDED_THREADS}))
     return {"FOREIGN": str(foreign), "FILE": str(foreign / "sentinel.txt"),
             "NEW": str(tmp_path / "new"), "OUT": str(tmp_path / "new" / "table.csv")}
 
