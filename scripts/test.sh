@@ -42,10 +42,11 @@ pytest_status=0
 notebook_status=0
 if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     # Without extra arguments (as in CI): two pytest processes side by side, as one keeps about one
-    # of two cores busy. In the background every notebook in JupyterLab (the browser test), the
-    # Colab simulation (appendix A5 among the notebooks), the JAX tests (scripts/test_jax.sh, its
-    # own process), then tests/test_checkpoints.py; in the foreground the other tests. The
-    # background log follows.
+    # of two cores busy. In the background: every notebook in JupyterLab (the browser test,
+    # appendix A5 among them) and the Colab simulation; the JAX tests (scripts/test_jax.sh, its
+    # own process); then background_tests, moved there so that the two processes end at about
+    # the same time (their --durations lists say where the time goes). In the foreground the
+    # other tests. The background log follows.
     # Each process's TensorFlow gets its share of the cores (unless the caller chose, as .ci/run
     # does for three processes): TensorFlow's default, pools as large as the machine in every
     # process, oversubscribes the cores (measured on 2 cores, three processes: 9% more CPU time).
@@ -53,16 +54,17 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     (( threads > 0 )) || threads=1
     export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-$threads}
     export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-$TF_NUM_INTRAOP_THREADS}
+    background_tests=(tests/test_checkpoints.py tests/test_reproduction.py
+                      tests/test_memory_benchmark.py)
     notebook_log=$(mktemp)
-    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh" \
-         "(TAPE_VS_FIT_SMOKE=1), in the background"
+    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh," \
+         "then pytest ${background_tests[*]} (TAPE_VS_FIT_SMOKE=1), in the background"
     (
         status=0
         TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests/test_browser.py \
             tests/test_colab_setup.py || status=$?
         bash scripts/test_jax.sh || status=$?
-        # moved from the foreground process to balance the two (the foreground is the longer)
-        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=5 tests/test_checkpoints.py \
+        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=5 "${background_tests[@]}" \
             -m "not browser and not venv" || status=$?
         exit "$status"
     ) >"$notebook_log" 2>&1 &
@@ -70,10 +72,10 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     trap 'kill "$notebook_pid" 2>/dev/null || true; rm -f "$notebook_log"' EXIT
     echo "==> pytest tests -m 'not browser and not venv' (TAPE_VS_FIT_SMOKE=1)"
     TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests -m "not browser and not venv" \
-        --ignore=tests/test_checkpoints.py || pytest_status=$?
+        "${background_tests[@]/#/--ignore=}" || pytest_status=$?
     wait "$notebook_pid" || notebook_status=$?
-    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh" \
-         "(ran in the background), exit $notebook_status:"
+    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh," \
+         "then pytest ${background_tests[*]} (ran in the background), exit $notebook_status:"
     cat "$notebook_log"
 else
     echo "==> pytest tests (TAPE_VS_FIT_SMOKE=1)"
