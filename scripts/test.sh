@@ -9,7 +9,8 @@
 # (see helpers/experiments/params.py). pytest finding no tests (exit code 5) counts as a failure.
 # `-m "not browser"` deselects the browser test, `-m "not venv"` the Colab simulation
 # (tests/test_colab_setup.py, a fresh virtual environment holding .venv-oldest's TensorFlow).
-# Without extra arguments those two run in a second pytest process alongside the other tests.
+# Without extra arguments the browser test runs in a second pytest process alongside the other
+# tests, and the Colab simulation is left to scripts/test_oldest.sh (which CI runs alongside).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,8 +44,8 @@ notebook_status=0
 if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     # Without extra arguments (as in CI): two pytest processes side by side, as one keeps about one
     # of two cores busy. In the background: every notebook in JupyterLab (the browser test,
-    # appendix A5 among them) and the Colab simulation; the JAX tests (scripts/test_jax.sh, its
-    # own process); then background_tests, moved there so that the two processes end at about
+    # appendix A5 among them); the JAX tests (scripts/test_jax.sh, its own process); then
+    # background_tests, moved there so that the two processes end at about
     # the same time (their --durations lists say where the time goes). In the foreground the
     # other tests. The background log follows.
     # Each process's TensorFlow gets its share of the cores (unless the caller chose, as .ci/run
@@ -55,14 +56,13 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-$threads}
     export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-$TF_NUM_INTRAOP_THREADS}
     background_tests=(tests/test_checkpoints.py tests/test_reproduction.py
-                      tests/test_memory_benchmark.py)
+                      tests/test_memory_benchmark.py tests/test_heldout.py tests/test_benchmark.py)
     notebook_log=$(mktemp)
-    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh," \
-         "then pytest ${background_tests[*]} (TAPE_VS_FIT_SMOKE=1), in the background"
+    echo "==> pytest tests/test_browser.py, then scripts/test_jax.sh, then pytest" \
+         "${background_tests[*]} (TAPE_VS_FIT_SMOKE=1), in the background"
     (
         status=0
-        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests/test_browser.py \
-            tests/test_colab_setup.py || status=$?
+        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests/test_browser.py || status=$?
         bash scripts/test_jax.sh || status=$?
         TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=5 "${background_tests[@]}" \
             -m "not browser and not venv" || status=$?
@@ -74,8 +74,8 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests -m "not browser and not venv" \
         "${background_tests[@]/#/--ignore=}" || pytest_status=$?
     wait "$notebook_pid" || notebook_status=$?
-    echo "==> pytest tests/test_browser.py tests/test_colab_setup.py, then scripts/test_jax.sh," \
-         "then pytest ${background_tests[*]} (ran in the background), exit $notebook_status:"
+    echo "==> pytest tests/test_browser.py, then scripts/test_jax.sh, then pytest" \
+         "${background_tests[*]} (ran in the background), exit $notebook_status:"
     cat "$notebook_log"
 else
     echo "==> pytest tests (TAPE_VS_FIT_SMOKE=1)"

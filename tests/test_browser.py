@@ -199,7 +199,7 @@ def wait_for_status(page, path: str, done, what: str, timeout_s: float) -> dict:
         status = page.evaluate(STATUS_JS, path)
         if status is not None and done(status):
             return status
-        page.wait_for_timeout(250)
+        page.wait_for_timeout(500)
     pytest.fail(f"{path}: timed out after {timeout_s:.0f} s waiting for {what}; "
                 f"last state: {summary(status)}")
 

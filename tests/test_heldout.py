@@ -9,6 +9,10 @@ import pytest
 
 from helpers.experiments import heldout
 
+# Pinned versions only: the held-out test (python -m helpers.tooling.run_heldout) runs with
+# .venv (the README's commands), so the oldest-versions run leaves it out.
+pytestmark = pytest.mark.pinned
+
 
 def test_train_and_test_writes_each_method_and_resumes(tmp_path):
     table = heldout.train_and_test(["fit", "naive"], epochs=1, batch_size=32, subset=100,
