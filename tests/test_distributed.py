@@ -73,11 +73,6 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    """`python -m helpers.tooling.launcher ARGS` in a fresh process."""
-    return run_python("-m", "helpers.tooling.launcher", *args)
-
-
 def processes_mentioning(text: str) -> list[int]:
     """Ids of the running processes whose command line contains `text`."""
     found = []
@@ -150,14 +145,59 @@ class ListenerWatch(threading.Thread):
             time.sleep(0.1)
 
 
+# Every in-process run under a 2-replica MirroredStrategy, in one fresh process (starting one
+# with TensorFlow costs seconds of CPU), the launcher's uninterrupted run first: fit and the loop
+# at the ODD sizes; the same with an L2 penalty and no Dropout, next to the matched loop on one
+# device; and fit and the loop on a model compiled with a metric the article's compile call does
+# not have, at the ODD sizes, so that the partial batches split unevenly.
+REPLICA_RUNS = """
+import sys
+from pathlib import Path
+
+import helpers.notebook.quiet_tensorflow  # before Keras: no TensorFlow start-up lines
+import keras
+
+from helpers.model import create_cnn
+from helpers.tooling.launcher import load_split, main, save_result
+from helpers.training import epoch_orders, train_fit
+from helpers.training.distributed import mirrored_strategy, train_distributed
+
+out = Path(sys.argv[1])
+assert main(["--replicas", "2", "--trainers", "fit", "loop", *{odd}, "--out",
+             str(out / "mirrored")]) == 0
+assert main(["--replicas", "2", "--dropout", "0", "--l2", "0.01", "--trainers", "fit", "loop",
+             "matched", "--samples", "640", "--val-samples", "160", "--epochs", "2",
+             "--out", str(out / "regularization")]) == 0
+strategy = mirrored_strategy(2)
+train, val = load_split(609, 130, seed=0)
+runs = dict(epochs=2, batch_size=64, seed=0, batch_orders=epoch_orders(609, 2, seed=0))
+for name in ("fit", "loop"):
+    with strategy.scope():  # the same initial weights for both (create_cnn seeds them)
+        model = create_cnn(0, compile=False)
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=[
+            "accuracy", keras.metrics.TopKCategoricalAccuracy(k=2, name="top_2_accuracy")])
+    history = (train_fit(model, train, val, **runs) if name == "fit"
+               else train_distributed(model, strategy, train, val, **runs))
+    save_result({{"history": history, "weights": model.get_weights()}}, out / "metric" / name)
+"""
+
+
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory):
+def replica_runs(tmp_path_factory):
+    """The folder of REPLICA_RUNS's results (mirrored/, regularization/, metric/), and what the
+    process printed."""
+    out = tmp_path_factory.mktemp("replicas")
+    done = run_python("-c", REPLICA_RUNS.format(odd=ODD), str(out))
+    return {"out": out, "output": done.stdout + done.stderr}
+
+
+@pytest.fixture(scope="module")
+def mirrored(replica_runs):
     """fit and the loop, each from the same initial weights and batches, under one 2-replica
     MirroredStrategy on this machine's CPU split in two (and what the run printed)."""
-    out = tmp_path_factory.mktemp("mirrored")
-    done = run_module("--replicas", "2", "--trainers", "fit", "loop", *ODD, "--out", str(out))
+    out = replica_runs["out"] / "mirrored"
     return {**{name: load_result(out / name) for name in ("fit", "loop")},
-            "output": done.stdout + done.stderr}
+            "output": replica_runs["output"]}
 
 
 def test_loop_equals_fit_under_mirrored_strategy(mirrored):
@@ -167,7 +207,7 @@ def test_loop_equals_fit_under_mirrored_strategy(mirrored):
     assert max_weight_difference(fit["weights"], loop["weights"]) == 0
 
 
-def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
+def test_two_replicas_equal_one_device_and_fit_with_regularization(replica_runs):
     """Global batch 64 on 2 replicas against batch 64 on one device (train_matched), with Dropout
     off (each replica draws its own masks, which no single-device run reproduces) and 640 images,
     so that every batch splits 32 + 32 and the mean of the two half-batch means is the batch
@@ -179,10 +219,8 @@ def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
     intra-op threads on a 2-core machine and 1.4e-5 with 1 thread (another summation order of
     the convolution gradients; TF_NUM_INTRAOP_THREADS=1, as in CI), hence 1e-4; thousands of
     times below the 0.02-0.04 differences in validation loss the notebooks discuss."""
-    run_module("--replicas", "2", "--dropout", "0", "--l2", "0.01", "--trainers", "fit", "loop",
-               "matched", "--samples", "640", "--val-samples", "160", "--epochs", "2",
-               "--out", str(tmp_path))
-    fit, replicas, single = (load_result(tmp_path / name) for name in ("fit", "loop", "matched"))
+    out = replica_runs["out"] / "regularization"
+    fit, replicas, single = (load_result(out / name) for name in ("fit", "loop", "matched"))
     assert (replicas["replicas"], single["replicas"]) == (2, 1)
     assert max_history_difference(fit["history"], replicas["history"]) == 0
     assert max_weight_difference(fit["weights"], replicas["weights"]) == 0
@@ -192,45 +230,11 @@ def test_two_replicas_equal_one_device_and_fit_with_regularization(tmp_path):
     assert max_weight_difference(replicas["weights"], single["weights"]) > 0
 
 
-# fit and the loop under a 2-replica MirroredStrategy, on a model compiled with a metric the
-# article's compile call does not have; the ODD sizes, so the partial batches split unevenly.
-EXTRA_METRIC_RUN = """
-import sys
-from pathlib import Path
-
-import keras
-
-from helpers.training.distributed import (
-    mirrored_strategy,
-    train_distributed,
-)
-from helpers.tooling.launcher import (
-    load_split,
-    save_result,
-)
-from helpers.model import create_cnn
-from helpers.training import epoch_orders, train_fit
-
-strategy = mirrored_strategy(2)
-train, val = load_split(609, 130, seed=0)
-runs = dict(epochs=2, batch_size=64, seed=0, batch_orders=epoch_orders(609, 2, seed=0))
-for name in ("fit", "loop"):
-    with strategy.scope():  # the same initial weights for both (create_cnn seeds them)
-        model = create_cnn(0, compile=False)
-        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=[
-            "accuracy", keras.metrics.TopKCategoricalAccuracy(k=2, name="top_2_accuracy")])
-    history = (train_fit(model, train, val, **runs) if name == "fit"
-               else train_distributed(model, strategy, train, val, **runs))
-    save_result({"history": history, "weights": model.get_weights()}, Path(sys.argv[1]) / name)
-"""
-
-
-def test_loop_equals_fit_with_any_compiled_metric(tmp_path):
+def test_loop_equals_fit_with_any_compiled_metric(replica_runs):
     """The loop's History is the compiled metrics' (the loss tracker and ``compute_metrics``, as
     in fit's step), so a metric other than accuracy -- top-2 accuracy here -- is in it, in
     training and validation, equal to fit's to the bit, and so are the weights."""
-    run_python("-c", EXTRA_METRIC_RUN, str(tmp_path))
-    fit, loop = (load_result(tmp_path / name) for name in ("fit", "loop"))
+    fit, loop = (load_result(replica_runs["out"] / "metric" / name) for name in ("fit", "loop"))
     metric_keys = set(fit["history"]) - {"seconds"}
     assert metric_keys == {"loss", "accuracy", "top_2_accuracy", "val_loss", "val_accuracy",
                            "val_top_2_accuracy"}
