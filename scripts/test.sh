@@ -44,13 +44,14 @@ notebook_status=0
 if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     # Without extra arguments (as in CI): two pytest processes side by side, as one keeps about one
     # of two cores busy. In the background: every notebook in JupyterLab (the browser test,
-    # appendix A5 among them); the JAX tests (scripts/test_jax.sh, its own process); then
-    # background_tests, moved there so that the two processes end at about
-    # the same time (their --durations lists say where the time goes). In the foreground the
-    # other tests. The background log follows.
+    # appendix A5 among them) and background_tests, moved there so that the two processes end at
+    # about the same time (their --durations lists say where the time goes); then the JAX tests
+    # (scripts/test_jax.sh, their own process). In the foreground the other tests. The
+    # background log follows.
     # Each process's TensorFlow gets its share of the cores (unless the caller chose, as .ci/run
     # does for three processes): TensorFlow's default, pools as large as the machine in every
-    # process, oversubscribes the cores (measured on 2 cores, three processes: 9% more CPU time).
+    # process, oversubscribes the cores (measured on 2 cores, three processes side by side: 9%
+    # longer, 8% more CPU time).
     threads=$(( $(nproc) / 2 ))
     (( threads > 0 )) || threads=1
     export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-$threads}
@@ -58,14 +59,13 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     background_tests=(tests/test_checkpoints.py tests/test_reproduction.py
                       tests/test_memory_benchmark.py tests/test_heldout.py tests/test_benchmark.py)
     notebook_log=$(mktemp)
-    echo "==> pytest tests/test_browser.py, then scripts/test_jax.sh, then pytest" \
-         "${background_tests[*]} (TAPE_VS_FIT_SMOKE=1), in the background"
+    echo "==> pytest tests/test_browser.py ${background_tests[*]}, then scripts/test_jax.sh" \
+         "(TAPE_VS_FIT_SMOKE=1), in the background"
     (
         status=0
-        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests/test_browser.py || status=$?
+        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=20 tests/test_browser.py \
+            "${background_tests[@]}" || status=$?
         bash scripts/test_jax.sh || status=$?
-        TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=5 "${background_tests[@]}" \
-            -m "not browser and not venv" || status=$?
         exit "$status"
     ) >"$notebook_log" 2>&1 &
     notebook_pid=$!
@@ -74,8 +74,8 @@ if (( $# == 0 && ${#browser_args[@]} == 0 )); then
     TAPE_VS_FIT_SMOKE=1 python -m pytest --durations=15 tests -m "not browser and not venv" \
         "${background_tests[@]/#/--ignore=}" || pytest_status=$?
     wait "$notebook_pid" || notebook_status=$?
-    echo "==> pytest tests/test_browser.py, then scripts/test_jax.sh, then pytest" \
-         "${background_tests[*]} (ran in the background), exit $notebook_status:"
+    echo "==> pytest tests/test_browser.py ${background_tests[*]}, then scripts/test_jax.sh" \
+         "(ran in the background), exit $notebook_status:"
     cat "$notebook_log"
 else
     echo "==> pytest tests (TAPE_VS_FIT_SMOKE=1)"
