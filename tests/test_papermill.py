@@ -59,18 +59,11 @@ def test_changed_parameters_are_used(tmp_path):
     assert "cv/subset200-folds2-epochs1-batch64-seed0" in text, text[-2000:]
 
 
-def test_bad_parameter_stops_with_a_clear_error(tmp_path):
-    """(Each parameter's refused values: tests/test_params.py.)"""
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        execute("02_article_loop_vs_fit.ipynb", tmp_path / "notebooks", {"folds": 1})
-    assert error.value.ename == "ParameterError"  # a ValueError naming the parameter
-    assert "folds=1" in error.value.evalue
-    assert not (tmp_path / "output").exists(), "nothing written"
-
-
-def test_appendix_a2_refuses_a_bad_parameter(tmp_path):
-    """Appendix A2's own parameters (beyond validate_parameters') stop the run by name, at the
-    validation cell, before anything is written."""
+def test_a_bad_parameter_stops_the_run_with_a_clear_error(tmp_path):
+    """A bad value stops the run by name, at the validation cell, before anything is written:
+    here one of appendix A2's own parameters (beyond validate_parameters'). Every notebook's
+    validation cell raises the same ParameterError (tests/test_notebooks.py checks that each
+    parameter reaches it; tests/test_params.py, each parameter's refused values)."""
     with pytest.raises(papermill.PapermillExecutionError) as error:
         execute("A2_keep_fit_change_step.ipynb", tmp_path / "notebooks",
                 {"learning_rate": 0.0, "output_dir": str(tmp_path / "output")})

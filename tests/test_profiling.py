@@ -3,7 +3,6 @@ split exactly, and benchmarks/op_profile.py runs. No timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -121,26 +120,6 @@ def test_utilization_bounds_are_ordered(profiled):
     assert 0 < bounds["as_run"] <= bounds["without_idle"] <= bounds["flop_kernels_only"]
 
 
-def test_quick_op_profile_writes_both_tables(tmp_path):
-    spec = importlib.util.spec_from_file_location("op_profile",
-                                                  REPO / "benchmarks" / "op_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    csv = tmp_path / "op_profile.csv"
-    module.main(["--quick", "--methods", "fit_auto", "matched_spe", "--csv", str(csv)])
-    table = pd.read_csv(csv)
-    assert list(table["method"].unique()) == ["fit_auto", "matched_spe"]
-    assert len(table) == 2 * (len(profiling.CATEGORIES) + 1)
-    ops = pd.read_csv(tmp_path / "op_profile_ops.csv")
-    assert set(ops["method"]) == {"fit_auto", "matched_spe"}
-    assert (ops["ms_per_step"] >= 0).all()
-    for written in (table, ops):
-        assert (written["load_average_start"] >= 0).all() and "under_load" in written
-    # 4 steps an epoch: too few to compare with the matmul peak, so no utilization is written
-    utilization = [column for column in table if column.startswith("utilization")]
-    assert len(utilization) == 3 and table[utilization].isna().all().all()
-
-
 def test_profile_rounds_take_turns_and_keep_the_median_epoch(monkeypatch):
     calls = []
     walls = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
@@ -161,12 +140,22 @@ def test_profile_rounds_take_turns_and_keep_the_median_epoch(monkeypatch):
         profiling.profile_rounds({"a": "a"}, rounds=0)
 
 
-def test_op_profile_with_one_thread_runs_as_a_script(tmp_path):
-    """--threads must act before TensorFlow starts, so it is tested in a fresh process."""
-    csv = tmp_path / "one_thread.csv"
+def test_quick_op_profile_with_one_thread_writes_both_tables(tmp_path):
+    """benchmarks/op_profile.py as a script (--threads must act before TensorFlow starts, so in a
+    fresh process): a row per category and method, and the per-op table."""
+    csv = tmp_path / "op_profile.csv"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "op_profile.py"), "--quick",
-                    "--threads", "1", "--methods", "matched_graph", "--csv", str(csv)],
+                    "--threads", "1", "--methods", "fit_auto", "matched_spe", "--csv", str(csv)],
                    check=True, capture_output=True, timeout=300)
     table = pd.read_csv(csv)
     assert (table["threads"] == 1).all()
-    assert set(table["method"]) == {"matched_graph"}
+    assert list(table["method"].unique()) == ["fit_auto", "matched_spe"]
+    assert len(table) == 2 * (len(profiling.CATEGORIES) + 1)
+    ops = pd.read_csv(tmp_path / "op_profile_ops.csv")
+    assert set(ops["method"]) == {"fit_auto", "matched_spe"}
+    assert (ops["ms_per_step"] >= 0).all()
+    for written in (table, ops):
+        assert (written["load_average_start"] >= 0).all() and "under_load" in written
+    # 4 steps an epoch: too few to compare with the matmul peak, so no utilization is written
+    utilization = [column for column in table if column.startswith("utilization")]
+    assert len(utilization) == 3 and table[utilization].isna().all().all()
