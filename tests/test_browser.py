@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,7 +136,11 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """(base URL, token) of a JupyterLab server on the repository root; stopped afterwards."""
+    """(base URL, token) of a JupyterLab server on the repository root; stopped afterwards, and
+    the checkpoints JupyterLab makes of each notebook it opens removed (unless they were there
+    before)."""
+    checkpoints = ROOT / "notebooks" / ".ipynb_checkpoints"
+    had_checkpoints = checkpoints.exists()
     tmp = tmp_path_factory.mktemp("lab")
     write_settings(tmp / "settings")
     port, token = free_port(), secrets.token_hex(16)
@@ -170,6 +175,8 @@ def lab(tmp_path_factory):
     finally:
         stop_group(server)  # the server and the kernels it started
         log.close()
+        if not had_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
